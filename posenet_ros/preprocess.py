@@ -1,0 +1,201 @@
+"""Image -> network input, derived from the model contract (never hard-coded twice).
+
+Rule: resize so the shortest side is ``resize_shortest_side`` (area interpolation), take crops of
+``input_height x input_width`` (the centre one, or N evenly spaced over the resized image as the paper
+does for dense evaluation), scale to [0, 1], subtract mean, divide by std, in the contract's channel
+order. Two implementations of the same rule:
+
+- ``CpuPreprocessor``: OpenCV resize on uint8, then one fused multiply-add per crop into a reused
+  channels-last buffer (no intermediate float image, no per-frame allocation).
+- ``TorchPreprocessor``: for CUDA; the uint8 frame is uploaded once (pinned memory) and resized,
+  cropped and normalized on the device. It runs on any torch device, so CPU tests cover it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from posenet_ros.contract import Preprocessing
+
+# Encoding -> (channels, order of the first three channels). Matches sensor_msgs image encodings.
+ENCODINGS: dict[str, tuple[int, str]] = {
+    "rgb8": (3, "rgb"),
+    "bgr8": (3, "bgr"),
+    "rgba8": (4, "rgb"),
+    "bgra8": (4, "bgr"),
+    "mono8": (1, "mono"),
+}
+MIN_IMAGE_SIDE = 16  # below this a frame holds no usable scene content; anything above is resized
+
+
+class InputError(ValueError):
+    """The image cannot be used: wrong dtype, shape, channel count, encoding or size."""
+
+
+def check_image(image: np.ndarray, encoding: str) -> np.ndarray:
+    """Validate an HxWxC uint8 frame for ``encoding``; returns it as HxWxC (HxW mono gets a C axis)."""
+    if encoding not in ENCODINGS:
+        raise InputError(f"unsupported encoding {encoding!r}; supported: {', '.join(ENCODINGS)}")
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise InputError(f"image dtype must be uint8 for {encoding}, got {image.dtype}")
+    channels = ENCODINGS[encoding][0]
+    if image.ndim == 2 and channels == 1:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] != channels:
+        raise InputError(f"{encoding} needs an HxWx{channels} image, got shape {image.shape}")
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise InputError(f"image {w}x{h} is too small (each side must be >= {MIN_IMAGE_SIDE} px)")
+    return image
+
+
+def resized_size(height: int, width: int, shortest_side: int) -> tuple[int, int]:
+    """(h, w) after scaling so min(h, w) == shortest_side, aspect ratio kept."""
+    scale = shortest_side / min(height, width)
+    return max(shortest_side, round(height * scale)), max(shortest_side, round(width * scale))
+
+
+def crop_offsets(height: int, width: int, crop_h: int, crop_w: int, n: int) -> list[tuple[int, int]]:
+    """Top-left corners of ``n`` crops spread evenly over a height x width image.
+
+    n == 1 is the centre crop. Otherwise a rows x cols grid whose spacing is about equal in both
+    directions covers the whole free range; when rows*cols > n, n grid points are taken evenly."""
+    if n < 1:
+        raise ValueError(f"crop count must be >= 1, got {n}")
+    range_y, range_x = height - crop_h, width - crop_w
+    if range_y < 0 or range_x < 0:
+        raise ValueError(f"crop {crop_w}x{crop_h} does not fit in {width}x{height}")
+    if n == 1:
+        return [(range_y // 2, range_x // 2)]
+    rows = min(n, max(1, round(math.sqrt(n * (range_y + 1) / (range_x + 1)))))
+    cols = math.ceil(n / rows)
+
+    def axis(count: int, extent: int) -> np.ndarray:
+        if count == 1:
+            return np.array([extent // 2])
+        return np.rint(np.linspace(0, extent, count)).astype(int)
+
+    grid = [(int(y), int(x)) for y in axis(rows, range_y) for x in axis(cols, range_x)]
+    picks = np.rint(np.linspace(0, len(grid) - 1, n)).astype(int)
+    return [grid[i] for i in picks]
+
+
+def normalization_affine(spec: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """(alpha, beta) with (x / 255 - mean) / std == x * alpha + beta, per channel."""
+    std = np.asarray(spec.std, dtype=np.float64)
+    mean = np.asarray(spec.mean, dtype=np.float64)
+    return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
+
+
+# (encoding, model channel order) -> OpenCV colour conversion giving 3 channels in that order.
+_CVT_CODES: dict[tuple[str, str], int | None] = {
+    ("rgb8", "rgb"): None,
+    ("rgb8", "bgr"): cv2.COLOR_RGB2BGR,
+    ("bgr8", "rgb"): cv2.COLOR_BGR2RGB,
+    ("bgr8", "bgr"): None,
+    ("rgba8", "rgb"): cv2.COLOR_RGBA2RGB,
+    ("rgba8", "bgr"): cv2.COLOR_RGBA2BGR,
+    ("bgra8", "rgb"): cv2.COLOR_BGRA2RGB,
+    ("bgra8", "bgr"): cv2.COLOR_BGRA2BGR,
+    ("mono8", "rgb"): cv2.COLOR_GRAY2RGB,
+    ("mono8", "bgr"): cv2.COLOR_GRAY2BGR,
+}
+
+
+def crops_source_region(
+    height: int, width: int, spec: Preprocessing, offsets: list[tuple[int, int]]
+) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """The part of the resized image the crops cover, (y0, x0, y1, x1), and the source pixels it
+    comes from. Resizing only that region does the same work as resizing the whole frame and
+    cropping, minus the pixels thrown away (less than half of them for a 4:3 centre crop)."""
+    rh, rw = resized_size(height, width, spec.resize_shortest_side)
+    y0 = min(y for y, _ in offsets)
+    x0 = min(x for _, x in offsets)
+    y1 = max(y for y, _ in offsets) + spec.input_height
+    x1 = max(x for _, x in offsets) + spec.input_width
+    sy, sx = height / rh, width / rw
+    src = (round(y0 * sy), round(x0 * sx), min(height, round(y1 * sy)), min(width, round(x1 * sx)))
+    return (y0, x0, y1, x1), src
+
+
+class CpuPreprocessor:
+    """OpenCV implementation; returns a float32 (N, 3, H, W) tensor in channels-last memory.
+
+    The tensor views a buffer reused by the next call: consume it before preprocessing again."""
+
+    def __init__(self, spec: Preprocessing) -> None:
+        self.spec = spec
+        alpha, beta = normalization_affine(spec)
+        self._alpha = (*map(float, alpha), 0.0)
+        self._beta = (*map(float, beta), 0.0)
+        self._buffer = np.empty((0, spec.input_height, spec.input_width, 3), dtype=np.float32)
+
+    def __call__(self, image: np.ndarray, encoding: str, n_crops: int = 1) -> torch.Tensor:
+        image = check_image(image, encoding)
+        s = self.spec
+        rh, rw = resized_size(image.shape[0], image.shape[1], s.resize_shortest_side)
+        offsets = crop_offsets(rh, rw, s.input_height, s.input_width, n_crops)
+        (y0, x0, y1, x1), (sy0, sx0, sy1, sx1) = crops_source_region(image.shape[0], image.shape[1], s, offsets)
+        # INTER_AREA is true area averaging when shrinking; when enlarging it acts as bilinear.
+        interp = cv2.INTER_AREA if s.interpolation == "area" else cv2.INTER_LINEAR
+        region = cv2.resize(image[sy0:sy1, sx0:sx1], (x1 - x0, y1 - y0), interpolation=interp)
+        code = _CVT_CODES[(encoding, s.channel_order)]
+        if code is not None:
+            region = cv2.cvtColor(region, code)
+        if self._buffer.shape[0] < n_crops:
+            self._buffer = np.empty((n_crops, s.input_height, s.input_width, 3), dtype=np.float32)
+        out = self._buffer[:n_crops]
+        for i, (y, x) in enumerate(offsets):
+            dst = out[i]
+            np.copyto(dst, region[y - y0 : y - y0 + s.input_height, x - x0 : x - x0 + s.input_width], casting="unsafe")
+            cv2.multiply(dst, self._alpha, dst=dst)
+            cv2.add(dst, self._beta, dst=dst)
+        # NHWC memory seen as NCHW: exactly torch's channels_last layout, no copy.
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
+class TorchPreprocessor:
+    """Same rule in torch ops, for CUDA: one upload of the uint8 frame, everything else on device."""
+
+    def __init__(self, spec: Preprocessing, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+        self.spec = spec
+        self.device = device
+        self.dtype = dtype
+        alpha, beta = normalization_affine(spec)
+        self.alpha = torch.from_numpy(alpha).to(device).view(1, 3, 1, 1)
+        self.beta = torch.from_numpy(beta).to(device).view(1, 3, 1, 1)
+
+    def __call__(self, image: np.ndarray, encoding: str, n_crops: int = 1) -> torch.Tensor:
+        image = check_image(image, encoding)
+        s = self.spec
+        host = torch.from_numpy(np.ascontiguousarray(image))
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        frame = host.to(self.device, non_blocking=True)
+        _, order = ENCODINGS[encoding]
+        if order == "mono":
+            frame = frame[:, :, :1].expand(-1, -1, 3)
+        else:
+            frame = frame[:, :, :3]
+            if order != s.channel_order:
+                frame = frame.flip(2)
+        x = frame.permute(2, 0, 1).unsqueeze(0).float()
+        h, w = resized_size(image.shape[0], image.shape[1], s.resize_shortest_side)
+        shrinking = h <= image.shape[0]
+        if s.interpolation == "area" and shrinking:
+            x = F.interpolate(x, size=(h, w), mode="area")
+        else:
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        crops = [
+            x[:, :, y : y + s.input_height, xx : xx + s.input_width]
+            for y, xx in crop_offsets(h, w, s.input_height, s.input_width, n_crops)
+        ]
+        batch = torch.cat(crops, 0) * self.alpha + self.beta
+        return batch.contiguous(memory_format=torch.channels_last).to(self.dtype)

@@ -1,0 +1,74 @@
+"""Shared fixtures: small real models exported to real TorchScript files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from posenet_ros.contract import Contract, OutputSpec, Preprocessing, SceneInfo
+from posenet_ros.export import export_torchscript
+from posenet_ros.model import PoseNet, normalize_pose_output
+
+
+def randomized_posenet(seed: int = 0) -> PoseNet:
+    """A PoseNet whose outputs are O(1) and input-dependent (fresh initialization gives ~1e-5),
+    so agreement tests compare meaningful numbers."""
+    torch.manual_seed(seed)
+    model = PoseNet()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.8, 1.2)
+                m.bias.uniform_(-0.1, 0.1)
+            elif isinstance(m, nn.Linear):
+                m.weight.normal_(0.0, 1.0 / m.in_features**0.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+class TinyPoseNet(nn.Module):
+    """A few-millisecond stand-in with PoseNet's output contract, for engine logic tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 5, stride=4)
+        self.fc = nn.Linear(8, 7)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        return normalize_pose_output(self.fc(f))
+
+
+class NaNPoseNet(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 7), float("nan"), device=x.device)
+
+
+def small_contract(**output: object) -> Contract:
+    return Contract(
+        preprocessing=Preprocessing(input_height=64, input_width=64, resize_shortest_side=72),
+        output=OutputSpec(**output),  # type: ignore[arg-type]
+        scene=SceneInfo(name="test_scene", extent=(4.0, 3.0, 2.0)),
+        training={"dataset": "none (test fixture)"},
+        code_version="test",
+    )
+
+
+@pytest.fixture(scope="session")
+def posenet_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PoseNet]:
+    model = randomized_posenet(0)
+    path = export_torchscript(model, Contract(scene=SceneInfo("fixture", (10.0, 5.0, 3.0))), tmp_path_factory.mktemp("m") / "posenet.pt")
+    return path, model
+
+
+@pytest.fixture(scope="session")
+def tiny_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TinyPoseNet]:
+    torch.manual_seed(1)
+    model = TinyPoseNet().eval()
+    contract = small_contract(position_offset=(10.0, -5.0, 1.0), position_scale=3.0)
+    return export_torchscript(model, contract, tmp_path_factory.mktemp("m") / "tiny.pt"), model
