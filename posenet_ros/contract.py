@@ -94,7 +94,9 @@ class Contract:
             raise ContractError(f"contract field 'format' must be {CONTRACT_FORMAT!r}, got {data.get('format')!r}")
         version = _int(data, "version", minimum=1)
         if version not in SUPPORTED_VERSIONS:
-            raise ContractError(f"contract field 'version': unsupported version {version} (this code reads {SUPPORTED_VERSIONS})")
+            raise ContractError(
+                f"contract field 'version': unsupported version {version} (this code reads {SUPPORTED_VERSIONS})"
+            )
         pre = _obj(data, "preprocessing")
         out = _obj(data, "output")
         scene = _obj(data, "scene")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from posenet_ros.contract import EXTRA_FILE_NAME, Contract, ContractError
-from posenet_ros.geometry import Pose, quat_average, quat_multiply, quat_conjugate, quat_to_rotation_vector, quat_unit
+from posenet_ros.geometry import Pose, quat_average, quat_conjugate, quat_multiply, quat_to_rotation_vector, quat_unit
 from posenet_ros.preprocess import CpuPreprocessor, InputError, TorchPreprocessor
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,9 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{path}: not a TorchScript file ({first_line})") from None
     if not extra[EXTRA_FILE_NAME]:
-        raise ModelLoadError(f"{path}: no posenet contract ({EXTRA_FILE_NAME}) in the file; export it with posenet-train export")
+        raise ModelLoadError(
+            f"{path}: no posenet contract ({EXTRA_FILE_NAME}) in the file; export it with posenet-train export"
+        )
     try:
         contract = Contract.from_json(extra[EXTRA_FILE_NAME])
     except ContractError as exc:

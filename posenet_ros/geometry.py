@@ -67,13 +67,19 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
     w, x, y, z = np.moveaxis(quat_normalize(q), -1, 0)
     m = np.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         axis=-1,
     )
-    return m.reshape(m.shape[:-1] + (3, 3))
+    return m.reshape((*m.shape[:-1], 3, 3))
 
 
 def matrix_to_quat(m: np.ndarray) -> np.ndarray:
@@ -83,14 +89,17 @@ def matrix_to_quat(m: np.ndarray) -> np.ndarray:
     if m.shape != (3, 3) or not np.all(np.isfinite(m)):
         raise ValueError(f"expected a finite 3x3 rotation matrix, got shape {m.shape}")
     (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = m
-    k = np.array(
-        [
-            [m00 + m11 + m22, m21 - m12, m02 - m20, m10 - m01],
-            [m21 - m12, m00 - m11 - m22, m01 + m10, m02 + m20],
-            [m02 - m20, m01 + m10, m11 - m00 - m22, m12 + m21],
-            [m10 - m01, m02 + m20, m12 + m21, m22 - m00 - m11],
-        ]
-    ) / 3.0
+    k = (
+        np.array(
+            [
+                [m00 + m11 + m22, m21 - m12, m02 - m20, m10 - m01],
+                [m21 - m12, m00 - m11 - m22, m01 + m10, m02 + m20],
+                [m02 - m20, m01 + m10, m11 - m00 - m22, m12 + m21],
+                [m10 - m01, m02 + m20, m12 + m21, m22 - m00 - m11],
+            ]
+        )
+        / 3.0
+    )
     _, vecs = np.linalg.eigh(k)
     return quat_unit(vecs[:, -1])
 

@@ -59,7 +59,8 @@ class Inception(nn.Module):
             BasicConv2d(in_ch, ch5red, kernel_size=1), BasicConv2d(ch5red, ch5, kernel_size=3, padding=1)
         )
         self.branch4 = nn.Sequential(
-            nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True), BasicConv2d(in_ch, pool_proj, kernel_size=1)
+            nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+            BasicConv2d(in_ch, pool_proj, kernel_size=1),
         )
 
     def forward(self, x: Tensor) -> Tensor:

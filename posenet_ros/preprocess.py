@@ -18,7 +18,6 @@ import math
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from posenet_ros.contract import Preprocessing
 
@@ -94,6 +93,35 @@ def normalization_affine(spec: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
     return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
 
 
+def use_area(spec: Preprocessing, height: int) -> bool:
+    """Area averaging when shrinking (moire-free); linear when enlarging, where OpenCV's INTER_AREA
+    degenerates to nearest-neighbour blocks."""
+    return spec.interpolation == "area" and height >= spec.resize_shortest_side
+
+
+def resample_matrix(n_in: int, n_out: int, area: bool) -> np.ndarray:
+    """(n_out, n_in) weights of a 1-D resize, OpenCV's sampling exactly: area = overlap of output
+    cell [j*s, (j+1)*s) with each input pixel, / s; linear = half-pixel centres, edge clamped."""
+    scale = n_in / n_out
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    j = np.arange(n_out)
+    if area and scale >= 1.0:
+        start, end = j * scale, (j + 1) * scale
+        for i in range(int(np.ceil(scale)) + 1):
+            pix = np.floor(start).astype(int) + i
+            valid = pix < np.minimum(np.ceil(end), n_in)
+            overlap = np.minimum(end, pix + 1) - np.maximum(start, pix)
+            m[j[valid], pix[valid]] += overlap[valid] / scale
+    else:
+        src = np.clip((j + 0.5) * scale - 0.5, 0.0, n_in - 1)
+        i0 = np.floor(src).astype(int)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        frac = src - i0
+        np.add.at(m, (j, i0), 1.0 - frac)
+        np.add.at(m, (j, i1), frac)
+    return m.astype(np.float32)
+
+
 # (encoding, model channel order) -> OpenCV colour conversion giving 3 channels in that order.
 _CVT_CODES: dict[tuple[str, str], int | None] = {
     ("rgb8", "rgb"): None,
@@ -143,8 +171,7 @@ class CpuPreprocessor:
         rh, rw = resized_size(image.shape[0], image.shape[1], s.resize_shortest_side)
         offsets = crop_offsets(rh, rw, s.input_height, s.input_width, n_crops)
         (y0, x0, y1, x1), (sy0, sx0, sy1, sx1) = crops_source_region(image.shape[0], image.shape[1], s, offsets)
-        # INTER_AREA is true area averaging when shrinking; when enlarging it acts as bilinear.
-        interp = cv2.INTER_AREA if s.interpolation == "area" else cv2.INTER_LINEAR
+        interp = cv2.INTER_AREA if use_area(s, image.shape[0]) else cv2.INTER_LINEAR
         region = cv2.resize(image[sy0:sy1, sx0:sx1], (x1 - x0, y1 - y0), interpolation=interp)
         code = _CVT_CODES[(encoding, s.channel_order)]
         if code is not None:
@@ -162,7 +189,11 @@ class CpuPreprocessor:
 
 
 class TorchPreprocessor:
-    """Same rule in torch ops, for CUDA: one upload of the uint8 frame, everything else on device."""
+    """Same rule in torch ops, for CUDA: one upload of the uint8 frame, everything else on device.
+
+    The resize is two small matrix products with OpenCV's area (or linear) weights, restricted to the
+    rows and columns the crops keep: exact area averaging (torch's ``mode="area"`` is adaptive
+    pooling, several grey levels off) and no work on discarded pixels."""
 
     def __init__(self, spec: Preprocessing, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
         self.spec = spec
@@ -171,10 +202,28 @@ class TorchPreprocessor:
         alpha, beta = normalization_affine(spec)
         self.alpha = torch.from_numpy(alpha).to(device).view(1, 3, 1, 1)
         self.beta = torch.from_numpy(beta).to(device).view(1, 3, 1, 1)
+        self._weights: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _resample_weights(self, height: int, width: int, n_crops: int) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (height, width, n_crops)
+        if key not in self._weights:
+            s = self.spec
+            rh, rw = resized_size(height, width, s.resize_shortest_side)
+            offsets = crop_offsets(rh, rw, s.input_height, s.input_width, n_crops)
+            (y0, x0, y1, x1), _ = crops_source_region(height, width, s, offsets)
+            area = use_area(s, height)
+            wy = resample_matrix(height, rh, area)[y0:y1]
+            wx = resample_matrix(width, rw, area)[x0:x1]
+            self._weights[key] = (
+                torch.from_numpy(wy).to(self.device),
+                torch.from_numpy(wx).T.contiguous().to(self.device),
+            )
+        return self._weights[key]
 
     def __call__(self, image: np.ndarray, encoding: str, n_crops: int = 1) -> torch.Tensor:
         image = check_image(image, encoding)
         s = self.spec
+        height, width = image.shape[:2]
         host = torch.from_numpy(np.ascontiguousarray(image))
         if self.device.type == "cuda":
             host = host.pin_memory()
@@ -186,16 +235,13 @@ class TorchPreprocessor:
             frame = frame[:, :, :3]
             if order != s.channel_order:
                 frame = frame.flip(2)
-        x = frame.permute(2, 0, 1).unsqueeze(0).float()
-        h, w = resized_size(image.shape[0], image.shape[1], s.resize_shortest_side)
-        shrinking = h <= image.shape[0]
-        if s.interpolation == "area" and shrinking:
-            x = F.interpolate(x, size=(h, w), mode="area")
-        else:
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-        crops = [
-            x[:, :, y : y + s.input_height, xx : xx + s.input_width]
-            for y, xx in crop_offsets(h, w, s.input_height, s.input_width, n_crops)
-        ]
+        wy, wx_t = self._resample_weights(height, width, n_crops)
+        x = frame.permute(2, 0, 1).float()  # (3, H, W)
+        region = torch.matmul(torch.matmul(wy, x), wx_t).unsqueeze(0)  # (1, 3, y1-y0, x1-x0)
+        rh, rw = resized_size(height, width, s.resize_shortest_side)
+        offsets = crop_offsets(rh, rw, s.input_height, s.input_width, n_crops)
+        y0 = min(y for y, _ in offsets)
+        x0 = min(x for _, x in offsets)
+        crops = [region[:, :, y - y0 : y - y0 + s.input_height, xx - x0 : xx - x0 + s.input_width] for y, xx in offsets]
         batch = torch.cat(crops, 0) * self.alpha + self.beta
         return batch.contiguous(memory_format=torch.channels_last).to(self.dtype)

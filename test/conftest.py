@@ -62,7 +62,9 @@ def small_contract(**output: object) -> Contract:
 @pytest.fixture(scope="session")
 def posenet_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PoseNet]:
     model = randomized_posenet(0)
-    path = export_torchscript(model, Contract(scene=SceneInfo("fixture", (10.0, 5.0, 3.0))), tmp_path_factory.mktemp("m") / "posenet.pt")
+    path = export_torchscript(
+        model, Contract(scene=SceneInfo("fixture", (10.0, 5.0, 3.0))), tmp_path_factory.mktemp("m") / "posenet.pt"
+    )
     return path, model
 
 

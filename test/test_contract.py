@@ -89,7 +89,7 @@ def test_invalid_field_is_named_on_one_line(path: str, value, field: str) -> Non
 
 def test_nan_in_json_text_is_refused() -> None:
     text = json.dumps(valid()).replace('"position_scale": 4.5', '"position_scale": NaN')
-    with pytest.raises(ContractError, match="output.position_scale"):
+    with pytest.raises(ContractError, match=r"output\.position_scale"):
         Contract.from_json(text)
 
 
@@ -100,10 +100,11 @@ def test_garbage_is_refused(text) -> None:
 
 
 def test_export_refuses_a_contract_it_could_not_load(tmp_path) -> None:
-    from posenet_ros.export import export_torchscript
     from conftest import TinyPoseNet
 
+    from posenet_ros.export import export_torchscript
+
     bad = Contract(scene=SceneInfo(name="x", extent=(0.0, 1.0, 1.0)))
-    with pytest.raises(ContractError, match="scene.extent"):
+    with pytest.raises(ContractError, match=r"scene\.extent"):
         export_torchscript(TinyPoseNet(), bad, tmp_path / "m.pt")
     assert not (tmp_path / "m.pt").exists()

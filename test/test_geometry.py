@@ -44,7 +44,9 @@ def test_matrix_round_trip_and_orthonormal(q: np.ndarray) -> None:
 
 @given(unit_quats, unit_quats)
 def test_multiply_matches_matrix_product(a: np.ndarray, b: np.ndarray) -> None:
-    np.testing.assert_allclose(g.quat_to_matrix(g.quat_multiply(a, b)), g.quat_to_matrix(a) @ g.quat_to_matrix(b), atol=1e-12)
+    np.testing.assert_allclose(
+        g.quat_to_matrix(g.quat_multiply(a, b)), g.quat_to_matrix(a) @ g.quat_to_matrix(b), atol=1e-12
+    )
 
 
 @given(poses, poses, poses)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import randomized_posenet
+
 from posenet_ros.export import script_for_inference
 from posenet_ros.model import HEAD_PREFIXES, PoseNet, load_imagenet_backbone
 

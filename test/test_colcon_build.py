@@ -1,0 +1,61 @@
+"""A real `colcon build` of the package into a temporary workspace, then a check of the layout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIP = {".venv", ".git", "build", "install", "log", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", "out"}
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    colcon = Path(sys.executable).parent / "colcon"
+    if not colcon.exists():
+        pytest.fail("colcon is not installed in this environment (make setup installs it)")
+    ws = tmp_path_factory.mktemp("ws")
+    shutil.copytree(
+        ROOT,
+        ws / "src" / "posenet_ros",
+        ignore=lambda d, names: [n for n in names if n in SKIP or n.endswith(".egg-info")],
+    )
+    env = {**os.environ, "COLCON_HOME": str(ws / ".colcon"), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [str(colcon), "--log-base", "log", "build", "--base-paths", "src", "--event-handlers", "console_direct+"],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return ws / "install" / "posenet_ros"
+
+
+def test_ament_layout(installed: Path) -> None:
+    share = installed / "share"
+    assert (share / "ament_index" / "resource_index" / "packages" / "posenet_ros").is_file()
+    assert (share / "posenet_ros" / "package.xml").read_text() == (ROOT / "package.xml").read_text()
+    for folder in ("launch", "config", "models"):
+        for src in (ROOT / folder).glob("*"):
+            if src.is_file():
+                assert (share / "posenet_ros" / folder / src.name).is_file(), f"{folder}/{src.name} not installed"
+    assert any((share / "posenet_ros" / "models").iterdir())
+
+
+def test_executables_in_lib_and_python_package_installed(installed: Path) -> None:
+    exe = installed / "lib" / "posenet_ros" / "posenet-ros"
+    assert exe.is_file() and os.access(exe, os.X_OK)
+    site = list(installed.glob("lib/python3*/site-packages"))
+    assert site, "no site-packages in the install space"
+    assert (site[0] / "posenet_ros" / "engine.py").is_file()
+    assert (site[0] / "posenet_train" / "__init__.py").is_file()
+    env = {**os.environ, "PYTHONPATH": str(site[0])}
+    proc = subprocess.run([sys.executable, str(exe), "--version"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "posenet_ros" in proc.stdout, proc.stderr
