@@ -60,6 +60,13 @@ def test_setup_cfg_installs_executables_where_ros2_run_looks() -> None:
     assert (ROOT / "resource" / "posenet_ros").is_file()
 
 
+def test_top_level_layout_of_the_design_card() -> None:
+    for name in ("posenet_ros", "posenet_train", "launch", "config", "models", "test", "benchmarks", "resource"):
+        assert (ROOT / name).is_dir(), name
+    for name in ("package.xml", "setup.py", "setup.cfg", "README.md", "Makefile", ".ci/run"):
+        assert (ROOT / name).is_file(), name
+
+
 def test_setup_py_reads_its_version_from_package_xml() -> None:
     text = (ROOT / "setup.py").read_text()
     assert re.search(r"<version>", text), "setup.py must take the version from package.xml"
