@@ -14,6 +14,8 @@ order. Two implementations of the same rule:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -137,20 +139,34 @@ _CVT_CODES: dict[tuple[str, str], int | None] = {
 }
 
 
-def crops_source_region(
-    height: int, width: int, spec: Preprocessing, offsets: list[tuple[int, int]]
-) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
-    """The part of the resized image the crops cover, (y0, x0, y1, x1), and the source pixels it
-    comes from. Resizing only that region does the same work as resizing the whole frame and
-    cropping, minus the pixels thrown away (less than half of them for a 4:3 centre crop)."""
+@dataclass(frozen=True)
+class CropPlan:
+    """Where the crops of one frame size come from, computed once per (frame size, crop count).
+
+    ``region`` is the part of the resized image the crops cover, ``(y0, x0, y1, x1)``; ``source``
+    the source pixels it comes from; ``offsets`` each crop's corner inside the region. Resizing only
+    the region is the same work as resizing the whole frame and cropping, minus the pixels thrown
+    away (less than half of them for a 4:3 centre crop)."""
+
+    resized: tuple[int, int]
+    region: tuple[int, int, int, int]
+    source: tuple[int, int, int, int]
+    offsets: tuple[tuple[int, int], ...]
+    area: bool
+
+
+@lru_cache(maxsize=64)
+def crop_plan(height: int, width: int, spec: Preprocessing, n_crops: int) -> CropPlan:
     rh, rw = resized_size(height, width, spec.resize_shortest_side)
+    offsets = crop_offsets(rh, rw, spec.input_height, spec.input_width, n_crops)
     y0 = min(y for y, _ in offsets)
     x0 = min(x for _, x in offsets)
     y1 = max(y for y, _ in offsets) + spec.input_height
     x1 = max(x for _, x in offsets) + spec.input_width
     sy, sx = height / rh, width / rw
-    src = (round(y0 * sy), round(x0 * sx), min(height, round(y1 * sy)), min(width, round(x1 * sx)))
-    return (y0, x0, y1, x1), src
+    source = (round(y0 * sy), round(x0 * sx), min(height, round(y1 * sy)), min(width, round(x1 * sx)))
+    relative = tuple((y - y0, x - x0) for y, x in offsets)
+    return CropPlan((rh, rw), (y0, x0, y1, x1), source, relative, use_area(spec, height))
 
 
 class CpuPreprocessor:
@@ -168,10 +184,10 @@ class CpuPreprocessor:
     def __call__(self, image: np.ndarray, encoding: str, n_crops: int = 1) -> torch.Tensor:
         image = check_image(image, encoding)
         s = self.spec
-        rh, rw = resized_size(image.shape[0], image.shape[1], s.resize_shortest_side)
-        offsets = crop_offsets(rh, rw, s.input_height, s.input_width, n_crops)
-        (y0, x0, y1, x1), (sy0, sx0, sy1, sx1) = crops_source_region(image.shape[0], image.shape[1], s, offsets)
-        interp = cv2.INTER_AREA if use_area(s, image.shape[0]) else cv2.INTER_LINEAR
+        plan = crop_plan(image.shape[0], image.shape[1], s, n_crops)
+        y0, x0, y1, x1 = plan.region
+        sy0, sx0, sy1, sx1 = plan.source
+        interp = cv2.INTER_AREA if plan.area else cv2.INTER_LINEAR
         region = cv2.resize(image[sy0:sy1, sx0:sx1], (x1 - x0, y1 - y0), interpolation=interp)
         code = _CVT_CODES[(encoding, s.channel_order)]
         if code is not None:
@@ -179,9 +195,8 @@ class CpuPreprocessor:
         if self._buffer.shape[0] < n_crops:
             self._buffer = np.empty((n_crops, s.input_height, s.input_width, 3), dtype=np.float32)
         out = self._buffer[:n_crops]
-        for i, (y, x) in enumerate(offsets):
-            dst = out[i]
-            np.copyto(dst, region[y - y0 : y - y0 + s.input_height, x - x0 : x - x0 + s.input_width], casting="unsafe")
+        for dst, (y, x) in zip(out, plan.offsets, strict=True):
+            np.copyto(dst, region[y : y + s.input_height, x : x + s.input_width], casting="unsafe")
             cv2.multiply(dst, self._alpha, dst=dst)
             cv2.add(dst, self._beta, dst=dst)
         # NHWC memory seen as NCHW: exactly torch's channels_last layout, no copy.
@@ -204,16 +219,14 @@ class TorchPreprocessor:
         self.beta = torch.from_numpy(beta).to(device).view(1, 3, 1, 1)
         self._weights: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _resample_weights(self, height: int, width: int, n_crops: int) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (height, width, n_crops)
+    def _resample_weights(self, plan: CropPlan, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, columns^T) weights of the region, cached per frame size and crop count."""
+        key = (height, width, len(plan.offsets))
         if key not in self._weights:
-            s = self.spec
-            rh, rw = resized_size(height, width, s.resize_shortest_side)
-            offsets = crop_offsets(rh, rw, s.input_height, s.input_width, n_crops)
-            (y0, x0, y1, x1), _ = crops_source_region(height, width, s, offsets)
-            area = use_area(s, height)
-            wy = resample_matrix(height, rh, area)[y0:y1]
-            wx = resample_matrix(width, rw, area)[x0:x1]
+            y0, x0, y1, x1 = plan.region
+            rh, rw = plan.resized
+            wy = resample_matrix(height, rh, plan.area)[y0:y1]
+            wx = resample_matrix(width, rw, plan.area)[x0:x1]
             self._weights[key] = (
                 torch.from_numpy(wy).to(self.device),
                 torch.from_numpy(wx).T.contiguous().to(self.device),
@@ -235,13 +248,10 @@ class TorchPreprocessor:
             frame = frame[:, :, :3]
             if order != s.channel_order:
                 frame = frame.flip(2)
-        wy, wx_t = self._resample_weights(height, width, n_crops)
+        plan = crop_plan(height, width, s, n_crops)
+        wy, wx_t = self._resample_weights(plan, height, width)
         x = frame.permute(2, 0, 1).float()  # (3, H, W)
-        region = torch.matmul(torch.matmul(wy, x), wx_t).unsqueeze(0)  # (1, 3, y1-y0, x1-x0)
-        rh, rw = resized_size(height, width, s.resize_shortest_side)
-        offsets = crop_offsets(rh, rw, s.input_height, s.input_width, n_crops)
-        y0 = min(y for y, _ in offsets)
-        x0 = min(x for _, x in offsets)
-        crops = [region[:, :, y - y0 : y - y0 + s.input_height, xx - x0 : xx - x0 + s.input_width] for y, xx in offsets]
+        region = torch.matmul(torch.matmul(wy, x), wx_t).unsqueeze(0)  # (1, 3, region h, region w)
+        crops = [region[:, :, y : y + s.input_height, xx : xx + s.input_width] for y, xx in plan.offsets]
         batch = torch.cat(crops, 0) * self.alpha + self.beta
         return batch.contiguous(memory_format=torch.channels_last).to(self.dtype)

@@ -44,7 +44,7 @@ def test_ament_layout(installed: Path) -> None:
     assert (share / "posenet_ros" / "package.xml").read_text() == (ROOT / "package.xml").read_text()
     for folder in ("launch", "config", "models"):
         for src in (ROOT / folder).glob("*"):
-            if src.is_file():
+            if src.is_file() and not src.name.startswith("."):  # glob in setup.py skips dotfiles
                 assert (share / "posenet_ros" / folder / src.name).is_file(), f"{folder}/{src.name} not installed"
     assert any((share / "posenet_ros" / "models").iterdir())
 
