@@ -6,11 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 from torch import nn
 
 from posenet_ros.contract import Contract, OutputSpec, Preprocessing, SceneInfo
 from posenet_ros.export import export_torchscript
 from posenet_ros.model import PoseNet, normalize_pose_output
+
+# Property tests check maths, not speed: no per-example deadline on shared, noisy CI machines.
+settings.register_profile("ci", deadline=None)
+settings.load_profile("ci")
 
 
 def randomized_posenet(seed: int = 0) -> PoseNet:
