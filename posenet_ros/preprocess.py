@@ -95,12 +95,6 @@ def normalization_affine(spec: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
     return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
 
 
-def use_area(spec: Preprocessing, height: int) -> bool:
-    """Area averaging when shrinking (moire-free); linear when enlarging, where OpenCV's INTER_AREA
-    degenerates to nearest-neighbour blocks."""
-    return spec.interpolation == "area" and height >= spec.resize_shortest_side
-
-
 def resample_matrix(n_in: int, n_out: int, area: bool) -> np.ndarray:
     """(n_out, n_in) weights of a 1-D resize, OpenCV's sampling exactly: area = overlap of output
     cell [j*s, (j+1)*s) with each input pixel, / s; linear = half-pixel centres, edge clamped."""
@@ -144,9 +138,10 @@ class CropPlan:
     """Where the crops of one frame size come from, computed once per (frame size, crop count).
 
     ``region`` is the part of the resized image the crops cover, ``(y0, x0, y1, x1)``; ``source``
-    the source pixels it comes from; ``offsets`` each crop's corner inside the region. Resizing only
-    the region is the same work as resizing the whole frame and cropping, minus the pixels thrown
-    away (less than half of them for a 4:3 centre crop)."""
+    the source pixels it comes from; ``offsets`` each crop's corner inside the region. When shrinking,
+    resizing only the region is the same work as resizing the whole frame and cropping, minus the
+    pixels thrown away (less than half of them for a 4:3 centre crop); when enlarging, the region is
+    the whole frame."""
 
     resized: tuple[int, int]
     region: tuple[int, int, int, int]
@@ -159,14 +154,23 @@ class CropPlan:
 def crop_plan(height: int, width: int, spec: Preprocessing, n_crops: int) -> CropPlan:
     rh, rw = resized_size(height, width, spec.resize_shortest_side)
     offsets = crop_offsets(rh, rw, spec.input_height, spec.input_width, n_crops)
-    y0 = min(y for y, _ in offsets)
-    x0 = min(x for _, x in offsets)
-    y1 = max(y for y, _ in offsets) + spec.input_height
-    x1 = max(x for _, x in offsets) + spec.input_width
-    sy, sx = height / rh, width / rw
-    source = (round(y0 * sy), round(x0 * sx), min(height, round(y1 * sy)), min(width, round(x1 * sx)))
+    # Area averaging when the shortest side shrinks (moire-free); linear when it grows, where
+    # OpenCV's INTER_AREA degenerates to nearest-neighbour blocks.
+    area = spec.interpolation == "area" and min(height, width) >= spec.resize_shortest_side
+    if area:
+        y0 = min(y for y, _ in offsets)
+        x0 = min(x for _, x in offsets)
+        y1 = max(y for y, _ in offsets) + spec.input_height
+        x1 = max(x for _, x in offsets) + spec.input_width
+        sy, sx = height / rh, width / rw
+        source = (round(y0 * sy), round(x0 * sx), min(height, round(y1 * sy)), min(width, round(x1 * sx)))
+    else:
+        # Linear filtering reads neighbours across the region's border: resize the whole frame
+        # (small frames only, since the shortest side grows).
+        y0, x0, y1, x1 = 0, 0, rh, rw
+        source = (0, 0, height, width)
     relative = tuple((y - y0, x - x0) for y, x in offsets)
-    return CropPlan((rh, rw), (y0, x0, y1, x1), source, relative, use_area(spec, height))
+    return CropPlan((rh, rw), (y0, x0, y1, x1), source, relative, area)
 
 
 class CpuPreprocessor:

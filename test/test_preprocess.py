@@ -28,7 +28,7 @@ def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
 def reference(image_rgb: np.ndarray, spec: Preprocessing, offsets: list[tuple[int, int]]) -> np.ndarray:
     """The rule written the slow, obvious way: whole-frame resize, crop, (x/255 - mean)/std."""
     h, w = resized_size(*image_rgb.shape[:2], spec.resize_shortest_side)
-    interp = cv2.INTER_AREA if h <= image_rgb.shape[0] else cv2.INTER_LINEAR
+    interp = cv2.INTER_AREA if min(h, w) <= min(image_rgb.shape[:2]) else cv2.INTER_LINEAR
     resized = cv2.resize(image_rgb.astype(np.float32), (w, h), interpolation=interp).astype(np.float64)
     out = []
     for y, x in offsets:
@@ -92,6 +92,16 @@ def test_cpu_path_matches_reference_rule_on_a_4_3_frame(n: int) -> None:
     # Resizing only the kept region shifts sampling by under half a source pixel (under a quarter
     # of an output pixel): a fraction of a grey level on average on this textured image.
     assert np.abs(got.numpy() - ref).mean() < 1.5 * LEVEL
+
+
+@pytest.mark.parametrize(("h", "w"), [(300, 200), (200, 300), (48, 64)])
+def test_cpu_path_enlarges_linearly_when_the_shortest_side_grows(h: int, w: int) -> None:
+    """Enlarging follows the shortest side whatever the orientation; INTER_AREA would give blocks."""
+    image = smooth_image(h, w, seed=6)
+    rh, rw = resized_size(h, w, SPEC.resize_shortest_side)
+    got = CpuPreprocessor(SPEC)(image, "rgb8").numpy()
+    ref = reference(image, SPEC, crop_offsets(rh, rw, 224, 224, 1))
+    assert np.abs(got - ref).mean() < 1.5 * LEVEL
 
 
 def test_encodings_agree() -> None:
