@@ -81,7 +81,10 @@ def decode_compressed(msg: Any) -> tuple[np.ndarray, str]:
         raise ImageDecodeError(f"compressed image decodes to {image.dtype}; only 8-bit images are supported")
     if image.ndim == 2:
         return image[:, :, None], "mono8"
-    return image, {3: "bgr8", 4: "bgra8"}.get(image.shape[2], "unsupported")
+    encoding = {1: "mono8", 3: "bgr8", 4: "bgra8"}.get(image.shape[2])
+    if encoding is None:
+        raise ImageDecodeError(f"compressed image decodes to {image.shape[2]} channels; expected 1, 3 or 4")
+    return image, encoding
 
 
 def decode(msg: Any) -> tuple[np.ndarray, str]:

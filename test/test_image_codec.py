@@ -116,6 +116,26 @@ def test_bad_compressed_images_fail_on_one_line(data: bytes, message: str) -> No
         decode_compressed(SimpleNamespace(format="jpeg", data=data))
 
 
+def test_grey_alpha_png_comes_back_bgra8() -> None:
+    import io
+
+    from PIL import Image
+
+    grey_alpha = pixels(6, 5, 2)
+    buf = io.BytesIO()
+    Image.fromarray(grey_alpha, "LA").save(buf, "PNG")
+    decoded, enc = decode_compressed(SimpleNamespace(format="png", data=buf.getvalue()))
+    assert enc == "bgra8" and decoded.shape == (6, 5, 4)
+    np.testing.assert_array_equal(decoded[:, :, 0], grey_alpha[:, :, 0])
+    np.testing.assert_array_equal(decoded[:, :, 3], grey_alpha[:, :, 1])
+
+
+def test_odd_channel_counts_are_refused_not_mislabelled(monkeypatch) -> None:
+    monkeypatch.setattr(cv2, "imdecode", lambda buf, flags: np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(ImageDecodeError, match="2 channels"):
+        decode_compressed(SimpleNamespace(format="png", data=b"\x89PNG"))
+
+
 def test_encoders_refuse_mismatched_input() -> None:
     with pytest.raises(ImageDecodeError):
         encode_image(np.zeros((4, 4, 3), np.uint8), "mono8")
