@@ -15,6 +15,10 @@ HERE = Path(__file__).resolve().parent
 VERSION = re.search(r"<version>([^<]+)</version>", (HERE / "package.xml").read_text()).group(1)
 
 
+# posenet_train only: synthetic-scene textures, plots, progress bars.
+TRAIN_EXTRAS = ["scikit-image", "matplotlib", "tqdm"]
+
+
 def share(folder: str) -> tuple[str, list[str]]:
     return (f"share/{PACKAGE}/{folder}", sorted(p for p in glob(f"{folder}/*") if Path(p).is_file()))
 
@@ -43,8 +47,10 @@ setup(
             "colcon-core",
             "colcon-ros",
             "colcon-python-setup-py",
+            *TRAIN_EXTRAS,
         ],
         "bench": ["pillow"],
+        "train": TRAIN_EXTRAS,
     },
     zip_safe=True,
     maintainer="posenet_ros developers",
@@ -54,6 +60,7 @@ setup(
     entry_points={
         "console_scripts": [
             "posenet-ros = posenet_ros.cli:main",
+            "posenet-train = posenet_train.cli:main",
         ],
     },
 )

@@ -19,12 +19,13 @@ from posenet_ros.contract import EXTRA_FILE_NAME, Contract, ContractError
 
 
 def script_for_inference(model: nn.Module) -> torch.jit.ScriptModule:
-    """Scripted (not traced: no shape is baked in) and frozen eval-mode graph of ``model``.
-    The caller's module keeps its training flag."""
+    """Scripted (not traced: no shape is baked in) and frozen eval-mode graph of ``model``, keeping
+    the methods it lists in ``EXPORTED_METHODS``. The caller's module keeps its training flag."""
     was_training = model.training
     model.eval()
+    preserved = list(getattr(model, "EXPORTED_METHODS", ()))
     try:
-        return torch.jit.freeze(torch.jit.script(model))
+        return torch.jit.freeze(torch.jit.script(model), preserved_attrs=preserved)
     finally:
         model.train(was_training)
 

@@ -112,6 +112,9 @@ def normalize_pose_output(pose: Tensor) -> Tensor:
 
 
 class PoseNet(nn.Module):
+    # Methods besides forward that survive freezing in the exported file (see posenet_ros.export).
+    EXPORTED_METHODS = ("features",)
+
     def __init__(self, cfg: PoseNetConfig | None = None) -> None:
         super().__init__()
         cfg = cfg or PoseNetConfig()
@@ -163,8 +166,10 @@ class PoseNet(nn.Module):
         x = self.maxpool4(self.inception4e(x))
         return self.inception5b(self.inception5a(x))
 
+    @torch.jit.export
     def features(self, x: Tensor) -> Tensor:
-        """(B, 2048) descriptor of the final head, for nearest-neighbour retrieval."""
+        """(B, final_fc_dim) descriptor of the final head, for nearest-neighbour retrieval; exported
+        with the TorchScript file so evaluation can run the paper's baseline on the shipped model."""
         x = self.backbone_4d_to_5b(self.backbone_4a_to_4d(self.backbone_to_4a(x)))
         return self.pose_final.features(x)
 

@@ -1,0 +1,234 @@
+"""``posenet-train eval MODEL DATASET``: accuracy of a model on a canonical data set, against the
+paper's nearest-neighbour baseline (the pose of the training image whose final-layer feature vector
+is closest), with a JSON summary and plots.
+
+Images go through the node's own preprocessing (``posenet_ros.preprocess``, centre crop, from the
+model's contract), so the figures are what the node would publish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from posenet_ros.contract import Contract
+from posenet_ros.engine import ModelLoadError, load_model
+from posenet_ros.geometry import position_error, quat_unit, rotation_error_deg
+from posenet_ros.preprocess import CpuPreprocessor
+from posenet_train.datasets import DatasetError, PoseRecord, positions, quaternions, read_poses_csv, split_records
+
+# (metres, degrees) pairs reported as "fraction of frames within both".
+THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
+
+
+class Predictor:
+    """A model with its contract: an exported TorchScript file or a training checkpoint."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such model file")
+        try:
+            self.module, self.contract = load_model(path)
+            self.source = "torchscript"
+        except ModelLoadError as script_error:
+            from posenet_train.export_model import contract_from_checkpoint, load_checkpoint, model_from_checkpoint
+
+            try:
+                ckpt = load_checkpoint(path)
+            except Exception:
+                raise ValueError(f"{path}: neither an exported model ({script_error}) nor a checkpoint") from None
+            self.module, self.contract = model_from_checkpoint(ckpt), contract_from_checkpoint(ckpt)
+            self.source = "checkpoint"
+        self.module.eval()
+        self.has_features = hasattr(self.module, "features")
+        self.preprocess = CpuPreprocessor(self.contract.preprocessing)
+
+    def inputs(self, root: Path, records: list[PoseRecord]) -> torch.Tensor:
+        batch = []
+        for r in records:
+            img = cv2.imread(str(root / r.image), cv2.IMREAD_COLOR)
+            if img is None:
+                raise DatasetError(f"{root / r.image}: cannot decode image")
+            batch.append(self.preprocess(img, "bgr8", 1).clone())
+        return torch.cat(batch).contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def run(
+        self, root: Path, records: list[PoseRecord], batch_size: int, features: bool, desc: str
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Poses (N, 7: metres + unit wxyz) and, if asked, feature vectors (N, D)."""
+        from tqdm import tqdm
+
+        out = self.contract.output
+        poses, feats = [], []
+        for k in tqdm(range(0, len(records), batch_size), desc=desc, unit="batch"):
+            x = self.inputs(root, records[k : k + batch_size])
+            raw = self.module(x).double().numpy()
+            if not np.all(np.isfinite(raw)):
+                raise ValueError(f"network output is not finite for images {k}..{k + len(x) - 1}")
+            poses.append(
+                np.concatenate(
+                    [raw[:, :3] * out.position_scale + np.asarray(out.position_offset), quat_unit(raw[:, 3:])], 1
+                )
+            )
+            if features:
+                feats.append(self.module.features(x).double().numpy())
+        return np.concatenate(poses), (np.concatenate(feats) if features else None)
+
+
+@dataclass(frozen=True)
+class Errors:
+    position_m: np.ndarray
+    rotation_deg: np.ndarray
+
+    @staticmethod
+    def of(pred: np.ndarray, records: list[PoseRecord]) -> Errors:
+        return Errors(
+            position_error(pred[:, :3], positions(records)), rotation_error_deg(pred[:, 3:], quaternions(records))
+        )
+
+    def summary(self) -> dict[str, Any]:
+        s: dict[str, Any] = {
+            "frames": len(self.position_m),
+            "median_position_m": float(np.median(self.position_m)),
+            "mean_position_m": float(np.mean(self.position_m)),
+            "median_rotation_deg": float(np.median(self.rotation_deg)),
+            "mean_rotation_deg": float(np.mean(self.rotation_deg)),
+        }
+        for m, deg in THRESHOLDS:
+            s[f"within_{m}m_{deg:g}deg"] = float(np.mean((self.position_m <= m) & (self.rotation_deg <= deg)))
+        return s
+
+
+def nearest_neighbour(train_feats: np.ndarray, query_feats: np.ndarray) -> np.ndarray:
+    """Index of the closest training feature (Euclidean) for every query."""
+    d2 = (query_feats**2).sum(1)[:, None] - 2 * query_feats @ train_feats.T + (train_feats**2).sum(1)[None, :]
+    return np.argmin(d2, axis=1)
+
+
+def evaluate(
+    model_path: str | Path, dataset: str | Path, split: str = "test", baseline: bool = True, batch_size: int = 32
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Summary dict and the arrays the plots need."""
+    root = Path(dataset)
+    records = read_poses_csv(root)
+    query = split_records(records, split)
+    predictor = Predictor(model_path)
+    baseline = baseline and predictor.has_features
+    pred, query_feats = predictor.run(root, query, batch_size, baseline, f"eval {split}")
+    ours = Errors.of(pred, query)
+    c: Contract = predictor.contract
+    summary: dict[str, Any] = {
+        "model": str(model_path),
+        "dataset": str(root),
+        "split": split,
+        "scene": c.scene.name,
+        "input": f"{c.preprocessing.input_width}x{c.preprocessing.input_height}",
+        "posenet": ours.summary(),
+    }
+    arrays = {
+        "truth": positions(query),
+        "posenet": pred[:, :3],
+        "posenet_pos_err": ours.position_m,
+        "posenet_rot_err": ours.rotation_deg,
+    }
+    if baseline:
+        train = split_records(records, "train")
+        _, train_feats = predictor.run(root, train, batch_size, True, "features train")
+        nn_idx = nearest_neighbour(train_feats, query_feats)
+        nn_pred = np.concatenate([positions(train)[nn_idx], quaternions(train)[nn_idx]], 1)
+        nn_err = Errors.of(nn_pred, query)
+        summary["nearest_neighbour"] = nn_err.summary()
+        arrays |= {
+            "nearest_neighbour": nn_pred[:, :3],
+            "nn_pos_err": nn_err.position_m,
+            "nn_rot_err": nn_err.rotation_deg,
+        }
+    return summary, arrays
+
+
+def plot(arrays: dict[str, np.ndarray], out: Path, title: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, unit in ((axes[0], "pos_err", "position error (m)"), (axes[1], "rot_err", "rotation error (deg)")):
+        for name, label in (("posenet", "PoseNet"), ("nn", "nearest neighbour")):
+            values = arrays.get(f"{name}_{key}")
+            if values is not None:
+                v = np.sort(values)
+                ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=label)
+        ax.set_xlabel(unit)
+        ax.set_ylabel("fraction of frames")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{title}: error CDF")
+    fig.tight_layout()
+    paths.append(out / "error_cdf.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    truth = arrays["truth"]
+    ax.plot(truth[:, 0], truth[:, 1], "k-", lw=1, label="ground truth")
+    ax.plot(arrays["posenet"][:, 0], arrays["posenet"][:, 1], ".", ms=3, label="PoseNet")
+    if "nearest_neighbour" in arrays:
+        ax.plot(
+            arrays["nearest_neighbour"][:, 0],
+            arrays["nearest_neighbour"][:, 1],
+            "x",
+            ms=3,
+            alpha=0.5,
+            label="nearest neighbour",
+        )
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("y (m)")
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"{title}: top view")
+    fig.tight_layout()
+    paths.append(out / "trajectory_top.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    rows = [("PoseNet", summary["posenet"])]
+    if "nearest_neighbour" in summary:
+        rows.append(("nearest neighbour", summary["nearest_neighbour"]))
+    head = f"{'':<18} {'median m':>9} {'mean m':>8} {'median deg':>10} {'mean deg':>9}" + "".join(
+        f" {f'<{m}m,{d:g}deg':>12}" for m, d in THRESHOLDS
+    )
+    lines = [
+        f"{summary['scene']} ({summary['split']}, {summary['posenet']['frames']} frames, input {summary['input']})",
+        head,
+    ]
+    for name, s in rows:
+        line = f"{name:<18} {s['median_position_m']:>9.3f} {s['mean_position_m']:>8.3f}"
+        line += f" {s['median_rotation_deg']:>10.2f} {s['mean_rotation_deg']:>9.2f}"
+        line += "".join(f" {s[f'within_{m}m_{d:g}deg']:>12.1%}" for m, d in THRESHOLDS)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main_eval(args: argparse.Namespace) -> None:
+    summary, arrays = evaluate(args.model, args.dataset, args.split, not args.no_baseline, args.batch_size)
+    out = Path(args.out) if args.out else Path(args.model).with_suffix("").parent / f"eval_{args.split}"
+    out.mkdir(parents=True, exist_ok=True)
+    summary["plots"] = [str(p) for p in plot(arrays, out, summary["scene"])]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(format_summary(summary))
+    print(f"wrote {out / 'summary.json'} and plots in {out}")

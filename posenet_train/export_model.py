@@ -1,0 +1,63 @@
+"""``posenet-train export CKPT OUT.pt``: a training checkpoint -> the TorchScript file the node loads,
+with the full contract (preprocessing, position normalization, scene, training summary)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posenet_ros.contract import Contract, OutputSpec, Preprocessing, SceneInfo
+from posenet_ros.export import export_torchscript
+from posenet_ros.model import PoseNet, PoseNetConfig
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    missing = {"config", "model", "normalization", "preprocessing", "scene"} - set(ckpt)
+    if missing:
+        raise ValueError(f"{path}: not a posenet-train checkpoint (missing {', '.join(sorted(missing))})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> PoseNet:
+    model = PoseNet(PoseNetConfig(final_fc_dim=ckpt["config"]["final_fc_dim"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def contract_from_checkpoint(ckpt: dict[str, Any], metrics: dict[str, float] | None = None) -> Contract:
+    cfg, norm, pre = ckpt["config"], ckpt["normalization"], ckpt["preprocessing"]
+    pre = {**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}
+    last_eval = next((h for h in reversed(ckpt.get("history", [])) if "median_position_m" in h), {})
+    training = {
+        "data": ckpt.get("data", {}),
+        "steps": ckpt["step"],
+        "batch_size": cfg["batch_size"],
+        "optimizer": cfg["optimizer"],
+        "lr": cfg["lr"],
+        "schedule": cfg["schedule"],
+        "loss": "learned_weighting" if cfg["learn_weighting"] else f"beta={cfg['beta']}",
+        "pretrained": ckpt.get("pretrained", ""),
+        "seed": cfg["seed"],
+        "train_seconds": round(float(ckpt.get("seconds", 0.0)), 1),
+        "validation": {k: v for k, v in last_eval.items() if k.startswith("median_")},
+    }
+    if metrics:
+        training["evaluation"] = metrics
+    return Contract(
+        preprocessing=Preprocessing(**pre),
+        output=OutputSpec(position_offset=tuple(norm["offset"]), position_scale=float(norm["scale"])),
+        scene=SceneInfo(name=ckpt["scene"]["name"], extent=tuple(ckpt["scene"]["extent"])),
+        training=training,
+        code_version=ckpt.get("code_version", ""),
+    )
+
+
+def export_checkpoint(ckpt_path: str | Path, out: str | Path) -> Path:
+    ckpt = load_checkpoint(ckpt_path)
+    return export_torchscript(model_from_checkpoint(ckpt), contract_from_checkpoint(ckpt), out)

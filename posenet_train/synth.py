@@ -1,0 +1,328 @@
+"""Deterministic synthetic scenes with exact ground truth: a textured room with furniture boxes (for
+parallax), smooth hand-held-like camera trajectories, ray-cast rendering in NumPy.
+
+Geometry is a set of axis-aligned rectangles (box faces), so a ray-plane test per face is exact and
+vectorizes over all pixels at once; a 320x240 frame renders in a few tens of milliseconds on one core.
+World frame: metres, z up (ROS ``map``). Camera: OpenCV optical axes (x right, y down, z forward);
+poses are camera-to-world, as everywhere in this project (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from posenet_ros.geometry import Pose, matrix_to_quat, quat_to_matrix
+from posenet_train.datasets import PoseRecord, write_poses_csv
+
+TEXTURE_SIZE = 256
+PHOTO_FILES = (
+    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg",
+    "retina.jpg", "ihc.png", "brick.png", "grass.png", "gravel.png", "camera.png", "moon.png", "page.png",
+    "coins.png", "color.png",
+)  # fmt: skip
+# Camera optical axes expressed in a body frame (x forward, y left, z up): z_cam = x_body,
+# x_cam = -y_body, y_cam = -z_body. Columns are the camera axes.
+OPTICAL_IN_BODY = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+
+@dataclass(frozen=True)
+class Face:
+    """An axis-aligned rectangle: ``axis`` is its normal axis (0, 1, 2) at ``coord``; it spans
+    ``lo``..``hi`` on the other two axes (in increasing axis order). The texture covers it once."""
+
+    axis: int
+    coord: float
+    lo: tuple[float, float]
+    hi: tuple[float, float]
+    texture: int
+    shade: float = 1.0
+
+
+@dataclass
+class Scene:
+    name: str
+    faces: list[Face]
+    textures: np.ndarray  # (T, S, S, 3) float32 RGB in [0, 255]
+    bounds: tuple[tuple[float, float, float], tuple[float, float, float]]  # geometry bounding box
+    walk_lo: tuple[float, float, float]  # camera centres stay inside this box
+    walk_hi: tuple[float, float, float]
+
+    @property
+    def extent(self) -> tuple[float, float, float]:
+        lo, hi = self.bounds
+        return tuple(float(h - lo_) for lo_, h in zip(lo, hi, strict=True))
+
+
+@dataclass(frozen=True)
+class Camera:
+    width: int = 320
+    height: int = 240
+    hfov_deg: float = 65.0
+
+    @property
+    def fx(self) -> float:
+        return 0.5 * self.width / np.tan(np.radians(self.hfov_deg) / 2)
+
+    def intrinsics(self) -> np.ndarray:
+        f = self.fx
+        return np.array([[f, 0.0, (self.width - 1) / 2], [0.0, f, (self.height - 1) / 2], [0.0, 0.0, 1.0]])
+
+
+# -- textures ----------------------------------------------------------------------------------
+
+
+def photo_textures() -> list[np.ndarray]:
+    """Photographs shipped inside scikit-image's wheel (read from its data folder: never a download),
+    RGB, resized to TEXTURE_SIZE squared."""
+    import skimage
+
+    folder = Path(skimage.__file__).parent / "data"
+    out = []
+    for name in PHOTO_FILES:
+        img = cv2.imread(str(folder / name), cv2.IMREAD_COLOR)
+        if img is None:
+            raise FileNotFoundError(f"scikit-image sample image {folder / name} is missing")
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        out.append(cv2.resize(img, (TEXTURE_SIZE, TEXTURE_SIZE), interpolation=cv2.INTER_AREA))
+    return out
+
+
+def tint(texture: np.ndarray, rgb: tuple[float, float, float]) -> np.ndarray:
+    return np.clip(texture.astype(np.float32) * np.asarray(rgb, dtype=np.float32), 0, 255)
+
+
+# -- scenes ------------------------------------------------------------------------------------
+
+
+def box_faces(lo: tuple[float, float, float], hi: tuple[float, float, float], textures: list[int]) -> list[Face]:
+    """The five visible faces of a box standing on the floor (no bottom): -x, +x, -y, +y, top."""
+    faces = []
+    shades = (0.8, 0.9, 0.85, 0.95, 1.05)
+    sides = ((0, lo[0]), (0, hi[0]), (1, lo[1]), (1, hi[1]), (2, hi[2]))
+    for (axis, coord), tex, shade in zip(sides, textures, shades, strict=True):
+        others = [a for a in range(3) if a != axis]
+        faces.append(Face(axis, coord, (lo[others[0]], lo[others[1]]), (hi[others[0]], hi[others[1]]), tex, shade))
+    return faces
+
+
+def room_scene(seed: int = 0) -> Scene:
+    """A 10 m x 8 m x 3 m room: each wall split into two photo panels, a procedural floor, a ceiling,
+    and furniture boxes along the walls that occlude the walls differently from every viewpoint."""
+    rng = np.random.default_rng(seed)
+    photos = photo_textures()
+    order = rng.permutation(len(photos))
+    textures = [tint(photos[i], rng.uniform(0.8, 1.2, 3)) for i in order]
+    floor = np.kron(np.indices((8, 8)).sum(0) % 2, np.ones((32, 32)))[..., None] * np.array([60.0, 50.0, 40.0])
+    floor += 100 + rng.normal(0, 12, floor.shape)
+    textures.append(np.clip(floor, 0, 255))
+    ceiling = np.linspace(170, 230, TEXTURE_SIZE)[:, None, None] * np.ones((1, TEXTURE_SIZE, 3))
+    textures.append(ceiling)
+    floor_tex, ceiling_tex = len(textures) - 2, len(textures) - 1
+    sx, sy, sz = 10.0, 8.0, 3.0
+    faces = [
+        Face(2, 0.0, (0.0, 0.0), (sx, sy), floor_tex, 0.9),
+        Face(2, sz, (0.0, 0.0), (sx, sy), ceiling_tex, 1.0),
+    ]
+    t = iter(range(len(order)))
+    # Walls as two panels each, so no two viewing directions see the same picture.
+    for axis, coord, span in ((0, 0.0, sy), (0, sx, sy), (1, 0.0, sx), (1, sy, sx)):
+        half = span / 2
+        for a, b in ((0.0, half), (half, span)):
+            faces.append(Face(axis, coord, (a, 0.0), (b, sz), next(t), 1.0))
+    furniture = [
+        ((0.4, 0.5, 0.0), (1.6, 2.0, 1.1)),
+        ((4.0, 0.3, 0.0), (5.5, 1.0, 1.6)),
+        ((8.6, 5.5, 0.0), (9.6, 7.4, 0.8)),
+        ((2.5, 7.0, 0.0), (3.5, 7.7, 2.0)),
+        ((8.4, 0.4, 0.0), (9.5, 1.4, 1.3)),
+    ]
+    for lo, hi in furniture:
+        faces += box_faces(lo, hi, [int(x) for x in rng.integers(0, len(order), 5)])
+    return Scene(
+        name="synthetic_room",
+        faces=faces,
+        textures=np.stack(textures).astype(np.float32),
+        bounds=((0.0, 0.0, 0.0), (sx, sy, sz)),
+        walk_lo=(2.2, 2.0, 1.1),
+        walk_hi=(7.8, 6.0, 1.9),
+    )
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+class Renderer:
+    """Ray caster for one scene and camera; per-pixel ray directions are computed once."""
+
+    def __init__(self, scene: Scene, camera: Camera) -> None:
+        self.scene = scene
+        self.camera = camera
+        k_inv = np.linalg.inv(camera.intrinsics())
+        v, u = np.mgrid[0 : camera.height, 0 : camera.width]
+        pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 0).astype(np.float64)
+        self._rays_cam = (k_inv @ pix).T  # (N, 3), z = 1
+        f = scene.faces
+        self._axis = np.array([x.axis for x in f])
+        self._coord = np.array([x.coord for x in f])
+        self._lo = np.array([x.lo for x in f])
+        self._hi = np.array([x.hi for x in f])
+        self._tex = np.array([x.texture for x in f])
+        self._shade = np.array([x.shade for x in f], dtype=np.float32)
+        self._others = np.array([[a for a in range(3) if a != x.axis] for x in f])
+
+    def render(self, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
+        """RGB uint8 image (H, W, 3) and z-depth (H, W) in metres (inf where nothing was hit)."""
+        cam = self.camera
+        rot = quat_to_matrix(pose.quaternion)
+        origin = pose.position
+        dirs = self._rays_cam @ rot.T  # world directions, not unit: t is then the optical z-depth
+        n = len(dirs)
+        best_t = np.full(n, np.inf)
+        best_face = np.full(n, -1)
+        best_uv = np.zeros((n, 2))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for i in range(len(self._axis)):
+                a = self._axis[i]
+                t = (self._coord[i] - origin[a]) / dirs[:, a]
+                o0, o1 = self._others[i]
+                p0 = origin[o0] + t * dirs[:, o0]
+                p1 = origin[o1] + t * dirs[:, o1]
+                lo, hi = self._lo[i], self._hi[i]
+                hit = (t > 1e-6) & (t < best_t) & (p0 >= lo[0]) & (p0 <= hi[0]) & (p1 >= lo[1]) & (p1 <= hi[1])
+                best_t = np.where(hit, t, best_t)
+                best_face = np.where(hit, i, best_face)
+                best_uv[hit, 0] = (p0[hit] - lo[0]) / (hi[0] - lo[0])
+                best_uv[hit, 1] = (p1[hit] - lo[1]) / (hi[1] - lo[1])
+        rgb = self._sample(best_face, best_uv)
+        image = np.clip(rgb, 0, 255).astype(np.uint8).reshape(cam.height, cam.width, 3)
+        return image, best_t.reshape(cam.height, cam.width)
+
+    def _sample(self, face: np.ndarray, uv: np.ndarray) -> np.ndarray:
+        """Bilinear texture lookup; pixels that hit nothing are black."""
+        hit = face >= 0
+        out = np.zeros((len(face), 3), dtype=np.float32)
+        f = face[hit]
+        s = self.scene.textures.shape[1]
+        # Texture rows run top-down while the face's second coordinate (usually z) runs upwards.
+        x = np.clip(uv[hit, 0] * (s - 1), 0, s - 1)
+        y = np.clip((1.0 - uv[hit, 1]) * (s - 1), 0, s - 1)
+        x0 = np.minimum(x.astype(np.int64), s - 2)
+        y0 = np.minimum(y.astype(np.int64), s - 2)
+        wx = (x - x0)[:, None].astype(np.float32)
+        wy = (y - y0)[:, None].astype(np.float32)
+        tex = self.scene.textures
+        t = self._tex[f]
+        top = tex[t, y0, x0] * (1 - wx) + tex[t, y0, x0 + 1] * wx
+        bottom = tex[t, y0 + 1, x0] * (1 - wx) + tex[t, y0 + 1, x0 + 1] * wx
+        out[hit] = (top * (1 - wy) + bottom * wy) * self._shade[f][:, None]
+        return out
+
+
+def project(pose: Pose, camera: Camera, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (N, 2) and optical depth (N,) of world points seen from ``pose``."""
+    in_cam = pose.inverse().transform_points(np.atleast_2d(points))
+    uvw = in_cam @ camera.intrinsics().T
+    return uvw[:, :2] / uvw[:, 2:3], in_cam[:, 2]
+
+
+# -- trajectories ------------------------------------------------------------------------------
+
+
+def body_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """Camera-to-world rotation of an optical camera whose body has this yaw (about world z),
+    pitch (positive looks up) and roll."""
+    cy, sy, cp, sp, cr, sr = np.cos(yaw), np.sin(yaw), np.cos(-pitch), np.sin(-pitch), np.cos(roll), np.sin(roll)
+    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    return rz @ ry @ rx @ OPTICAL_IN_BODY
+
+
+def smooth_trajectory(scene: Scene, n_frames: int, seed: int) -> list[Pose]:
+    """A hand-held-like walk: sums of random sinusoids keep position and heading smooth while
+    covering the walkable box; the heading turns through all directions over the sequence."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, n_frames)
+    lo, hi = np.asarray(scene.walk_lo), np.asarray(scene.walk_hi)
+
+    def wave(n_terms: int, max_freq: float) -> np.ndarray:
+        freqs = rng.uniform(0.5, max_freq, n_terms)
+        phases = rng.uniform(0, 2 * np.pi, n_terms)
+        amps = rng.uniform(0.5, 1.0, n_terms)
+        w = (amps[:, None] * np.sin(2 * np.pi * freqs[:, None] * t + phases[:, None])).sum(0)
+        return w / amps.sum()  # in [-1, 1]
+
+    pos = (lo + hi) / 2 + (hi - lo) / 2 * np.stack([wave(3, 4), wave(3, 4), wave(2, 3)], axis=1)
+    turns = rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 2.0)
+    yaw = rng.uniform(0, 2 * np.pi) + 2 * np.pi * turns * t + 0.6 * wave(3, 6)
+    pitch = np.radians(12.0) * wave(2, 5)
+    roll = np.radians(4.0) * wave(2, 5)
+    return [Pose(pos[i], matrix_to_quat(body_rotation(yaw[i], pitch[i], roll[i]))) for i in range(n_frames)]
+
+
+# -- writing data sets -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    scene_seed: int = 0
+    train_sequences: int = 4
+    test_sequences: int = 2
+    frames_per_sequence: int = 250
+    width: int = 320
+    height: int = 240
+    hfov_deg: float = 65.0
+    seed: int = 0
+    image_ext: str = "png"
+    seven_scenes: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def render_dataset(cfg: SynthConfig, out: Path, progress: bool = True) -> list[PoseRecord]:
+    """Render train and test sequences into ``out`` in the canonical layout (``poses.csv``), plus a
+    ``scene.json`` describing the scene, and optionally the 7-Scenes layout next to it."""
+    from tqdm import tqdm
+
+    if cfg.image_ext not in ("png", "jpg"):
+        raise ValueError(f"image_ext must be png or jpg, got {cfg.image_ext!r}")
+    out = Path(out)
+    scene = room_scene(cfg.scene_seed)
+    camera = Camera(cfg.width, cfg.height, cfg.hfov_deg)
+    renderer = Renderer(scene, camera)
+    sequences = [("train", cfg.seed * 1000 + i) for i in range(cfg.train_sequences)]
+    sequences += [("test", cfg.seed * 1000 + 500 + i) for i in range(cfg.test_sequences)]
+    records: list[PoseRecord] = []
+    total = len(sequences) * cfg.frames_per_sequence
+    bar = tqdm(total=total, desc="render", unit="frame", disable=not progress)
+    for k, (split, seq_seed) in enumerate(sequences, start=1):
+        seq_dir = out / f"seq-{k:02d}"
+        seq_dir.mkdir(parents=True, exist_ok=True)
+        for j, pose in enumerate(smooth_trajectory(scene, cfg.frames_per_sequence, seq_seed)):
+            image, _ = renderer.render(pose)
+            name = f"seq-{k:02d}/frame-{j:06d}.color.{cfg.image_ext}"
+            cv2.imwrite(str(out / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            if cfg.seven_scenes:
+                np.savetxt(seq_dir / f"frame-{j:06d}.pose.txt", pose.matrix(), fmt="%.10e")
+            records.append(PoseRecord(name, split, pose.position, pose.quaternion))
+            bar.update()
+    bar.close()
+    write_poses_csv(out / "poses.csv", records)
+    if cfg.seven_scenes:
+        for split, fname in (("train", "TrainSplit.txt"), ("test", "TestSplit.txt")):
+            ids = [k for k, (s, _) in enumerate(sequences, start=1) if s == split]
+            (out / fname).write_text("".join(f"sequence{k}\n" for k in ids))
+    info = {
+        "scene": scene.name,
+        "bounds": scene.bounds,
+        "extent": scene.extent,
+        "largest_dimension": max(scene.extent),
+        "camera": {**asdict(camera), "intrinsics": camera.intrinsics().tolist()},
+        "config": asdict(cfg),
+    }
+    (out / "scene.json").write_text(json.dumps(info, indent=2))
+    return records

@@ -1,0 +1,414 @@
+"""``posenet-train fit``: the training loop, nanoGPT-style: no framework, DDP through torchrun,
+atomic checkpoints with exact resume, AMP on CUDA.
+
+Exact resume: the batch at step k depends only on (seed, epoch, k) (see ``data.py``), and the
+checkpoint stores model, loss weights, optimizer, scheduler, step and the torch RNG (dropout), so an
+interrupted run that resumes ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from posenet_ros import __version__
+from posenet_ros.contract import Preprocessing
+from posenet_ros.geometry import position_error, quat_unit, rotation_error_deg
+from posenet_ros.model import PoseNet, PoseNetConfig, load_imagenet_backbone
+from posenet_train.data import Augmentation, PoseDataset, PositionNormalization, epoch_order, sample_rngs
+from posenet_train.datasets import DatasetError, camera_extent, read_poses_csv, split_records
+from posenet_train.loss import PoseLoss
+
+CHECKPOINT_NAME = "checkpoint.pt"
+OPTIMIZERS = ("adam", "sgd", "adagrad")
+SCHEDULES = ("constant", "step", "cosine")
+# torchvision's ImageNet GoogLeNet weights; only fetched on request (never in tests or the demo).
+IMAGENET_URL = "https://download.pytorch.org/models/googlenet-1378be20.pth"
+# What a resumed run may change; everything else comes from the checkpoint.
+RESUMABLE_OVERRIDES = ("steps", "checkpoint_every", "eval_every", "progress", "device", "threads")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    data: str
+    out: str
+    scene_name: str = ""
+    input_size: int = 224
+    resize_shortest_side: int = 256
+    final_fc_dim: int = 2048
+    batch_size: int = 32  # per process
+    steps: int = 1000
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    lr_step_every: int = 0  # steps between x0.1 decays for schedule "step"
+    warmup_steps: int = 0
+    beta: float = 500.0
+    learn_weighting: bool = False
+    color_jitter: float = 0.0
+    seed: int = 0
+    pretrained: str = ""  # "", "imagenet" or a path to torchvision GoogLeNet weights
+    checkpoint_every: int = 500
+    eval_every: int = 250
+    eval_images: int = 64
+    device: str = "auto"
+    amp: bool = True  # CUDA only
+    threads: int = 0
+    progress: bool = True
+
+    def validate(self) -> None:
+        checks = [
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.input_size >= 32, "input_size must be >= 32"),
+            (self.resize_shortest_side >= self.input_size, "resize_shortest_side must be >= input_size"),
+            (self.batch_size >= 1 and self.steps >= 1, "batch_size and steps must be >= 1"),
+            (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
+            (self.schedule != "step" or self.lr_step_every > 0, "schedule 'step' needs lr_step_every > 0"),
+            (0 <= self.color_jitter < 1, "color_jitter must be in [0, 1)"),
+            (self.checkpoint_every >= 1 and self.eval_every >= 0, "checkpoint_every must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def preprocessing(self) -> Preprocessing:
+        # Inputs scaled to [-1, 1] (mean = std = 0.5): what torchvision's GoogLeNet weights expect.
+        return Preprocessing(
+            input_height=self.input_size,
+            input_width=self.input_size,
+            resize_shortest_side=self.resize_shortest_side,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+        )
+
+    def model_config(self) -> PoseNetConfig:
+        return PoseNetConfig(final_fc_dim=self.final_fc_dim)
+
+
+@dataclass
+class FitResult:
+    step: int
+    interrupted: bool
+    checkpoint: Path
+    metrics: dict[str, float]
+    seconds: float
+
+
+# -- distributed ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a single-process run."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("device cuda requested but CUDA is not available")
+        return torch.device("cuda", info.local_rank if name == "cuda" else torch.device(name).index)
+    if name != "cpu":
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {name!r}")
+    return torch.device("cpu")
+
+
+# -- building blocks -----------------------------------------------------------------------------
+
+
+def make_optimizer(cfg: FitConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: FitConfig, step: int) -> float:
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.schedule == "step":
+        return warm * 0.1 ** (step // cfg.lr_step_every)
+    if cfg.schedule == "cosine":
+        return warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps)))
+    return warm
+
+
+def load_pretrained(model: PoseNet, spec: str) -> str:
+    if not spec:
+        return "none (random init)"
+    if spec == "imagenet":
+        state = torch.hub.load_state_dict_from_url(IMAGENET_URL, progress=True, map_location="cpu")
+        report = load_imagenet_backbone(model, state)
+        return f"imagenet ({len(report.loaded)} backbone tensors)"
+    report = load_imagenet_backbone(model, spec)
+    return f"{spec} ({len(report.loaded)} backbone tensors)"
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@torch.no_grad()
+def median_errors(
+    model: PoseNet, dataset: PoseDataset, norm: PositionNormalization, limit: int, device: torch.device
+) -> dict[str, float]:
+    """Median position (m) / rotation (deg) error on up to ``limit`` evenly spread centre crops."""
+    n = len(dataset)
+    idx = np.unique(np.linspace(0, n - 1, min(limit, n)).round().astype(int)).tolist()
+    was_training = model.training
+    model.eval()
+    preds = []
+    for k in range(0, len(idx), 32):
+        x, _ = dataset.batch(idx[k : k + 32], None)
+        preds.append(model(x.to(device)).float().cpu().numpy().astype(np.float64))
+    model.train(was_training)
+    pred = np.concatenate(preds)
+    target = dataset.targets[idx].numpy().astype(np.float64)
+    pos_err = position_error(norm.undo(pred[:, :3]), norm.undo(target[:, :3]))
+    rot_err = rotation_error_deg(quat_unit(pred[:, 3:]), target[:, 3:])
+    return {"median_position_m": float(np.median(pos_err)), "median_rotation_deg": float(np.median(rot_err))}
+
+
+class StopFlag:
+    """Ctrl-C (SIGINT) asks the loop to stop after the current step and save a checkpoint."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopFlag:
+        if threading_main():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+
+def resolve_config(cfg: FitConfig, resume: bool) -> tuple[FitConfig, dict[str, Any] | None]:
+    """On resume the checkpoint's config wins, except for the few fields a resume may change."""
+    ckpt_path = Path(cfg.out) / CHECKPOINT_NAME
+    if not resume:
+        return cfg, None
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    saved = FitConfig(**{f.name: ckpt["config"][f.name] for f in fields(FitConfig) if f.name in ckpt["config"]})
+    return replace(saved, **{k: getattr(cfg, k) for k in RESUMABLE_OVERRIDES}), ckpt
+
+
+def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], None] | None = None) -> FitResult:
+    """Train; returns where it stopped. ``step_callback(step)`` runs after every step (tests use it)."""
+    from tqdm import tqdm
+
+    cfg, ckpt = resolve_config(cfg, resume)
+    cfg.validate()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device_type = (
+        "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    info = init_distributed(device_type)
+    device = pick_device(cfg.device, info)
+    out = Path(cfg.out)
+    data_root = Path(cfg.data)
+    records = read_poses_csv(data_root)
+    train_records = split_records(records, "train")
+    test_records = [r for r in records if r.split == "test"]
+    norm = PositionNormalization.fit(train_records)
+    spec = cfg.preprocessing()
+    show = cfg.progress and info.main
+    train_set = PoseDataset(data_root, train_records, spec, norm, Augmentation(True, cfg.color_jitter), progress=show)
+    eval_set = (
+        PoseDataset(data_root, test_records, spec, norm, Augmentation(False), progress=show) if test_records else None
+    )
+    global_batch = cfg.batch_size * info.world_size
+    if len(train_set) < global_batch:
+        raise DatasetError(f"{len(train_set)} training images is fewer than one global batch of {global_batch}")
+    steps_per_epoch = len(train_set) // global_batch
+
+    torch.manual_seed(cfg.seed + info.rank)
+    model = PoseNet(cfg.model_config())
+    pretrained = load_pretrained(model, cfg.pretrained) if ckpt is None else ckpt["pretrained"]
+    model = model.to(device).to(memory_format=torch.channels_last)
+    loss_fn = PoseLoss(cfg.beta, cfg.learn_weighting).to(device)
+    params = [*model.parameters(), *loss_fn.parameters()]
+    optimizer = make_optimizer(cfg, params)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    step, history, elapsed = 0, [], 0.0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        loss_fn.load_state_dict(ckpt["loss"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        step, history, elapsed = ckpt["step"], ckpt["history"], ckpt["seconds"]
+        torch.set_rng_state(ckpt["rng"][info.rank] if info.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+    train_model = nn.parallel.DistributedDataParallel(model) if info.world_size > 1 else model
+    train_model.train()
+
+    def save() -> Path:
+        rng_states = [torch.get_rng_state()]
+        if info.world_size > 1:
+            # DDP syncs batch-norm statistics from rank 0 only at the next forward; do it now so
+            # every rank holds exactly the state the checkpoint records.
+            for buffer in model.buffers():
+                dist.broadcast(buffer, 0)
+            # Each rank's dropout stream, gathered to the rank that writes.
+            mine = torch.get_rng_state().to(device)
+            gathered = [torch.empty_like(mine) for _ in range(info.world_size)]
+            dist.all_gather(gathered, mine)
+            rng_states = [g.cpu() for g in gathered]
+        path = out / CHECKPOINT_NAME
+        if info.main:
+            state = {
+                "config": asdict(cfg),
+                "model": model.state_dict(),
+                "loss": loss_fn.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "step": step,
+                "rng": rng_states,
+                "history": history,
+                "seconds": elapsed + time.perf_counter() - start,
+                "normalization": asdict(norm),
+                "preprocessing": asdict(spec),
+                "scene": {"name": cfg.scene_name or data_root.resolve().name, "extent": camera_extent(train_records)},
+                "data": {
+                    "path": str(data_root.resolve()),
+                    "train_images": len(train_records),
+                    "test_images": len(test_records),
+                },
+                "pretrained": pretrained,
+                "code_version": __version__,
+            }
+            atomic_save(state, path)
+        if info.world_size > 1:
+            dist.barrier()
+        return path
+
+    start = time.perf_counter()
+    metrics: dict[str, float] = {}
+    interrupted = False
+    bar = tqdm(total=cfg.steps, initial=step, desc="fit", unit="step", disable=not show, dynamic_ncols=True)
+    window_t, window_imgs = time.perf_counter(), 0
+    with StopFlag() as stop:
+        while step < cfg.steps:
+            epoch, k = divmod(step, steps_per_epoch)
+            order = epoch_order(cfg.seed, epoch, len(train_set))
+            chunk = order[k * global_batch : (k + 1) * global_batch]
+            indices = chunk[info.rank * cfg.batch_size : (info.rank + 1) * cfg.batch_size].tolist()
+            x, y = train_set.batch(indices, sample_rngs(cfg.seed, epoch, indices))
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                outputs = train_model(x)
+            loss, stats = loss_fn(outputs.float(), y)
+            if not math.isfinite(stats["loss"]):
+                raise FloatingPointError(f"loss became {stats['loss']} at step {step}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            window_imgs += len(indices) * info.world_size
+            if step_callback is not None:
+                step_callback(step)
+            if (
+                info.main
+                and eval_set is not None
+                and cfg.eval_every
+                and (step % cfg.eval_every == 0 or step == cfg.steps)
+            ):
+                metrics = median_errors(model, eval_set, norm, cfg.eval_images, device)
+                history.append({"step": step, **stats, **metrics})
+            if show:
+                now = time.perf_counter()
+                postfix = {"loss": f"{stats['loss']:.3f}", "img/s": f"{window_imgs / max(now - window_t, 1e-9):.1f}"}
+                if metrics:
+                    postfix |= {
+                        "med_m": f"{metrics['median_position_m']:.3f}",
+                        "med_deg": f"{metrics['median_rotation_deg']:.2f}",
+                    }
+                bar.set_postfix(postfix, refresh=False)
+                bar.update()
+                if now - window_t > 10:
+                    window_t, window_imgs = now, 0
+            if _stop_requested(stop, info, device):
+                interrupted = True
+                break
+            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                save()
+    bar.close()
+    path = save()
+    seconds = elapsed + time.perf_counter() - start
+    return FitResult(step, interrupted, path, metrics, seconds)
+
+
+def _stop_requested(stop: StopFlag, info: DistInfo, device: torch.device) -> bool:
+    """All ranks must agree to stop at the same step, or the next collective would hang."""
+    if info.world_size == 1:
+        return stop.requested
+    flag = torch.tensor([int(stop.requested)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())

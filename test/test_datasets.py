@@ -1,0 +1,215 @@
+"""Converters: fabricate each real format from known camera-to-world poses, convert, and get the same
+poses back through the canonical CSV (to 1e-9). Malformed input names file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from posenet_ros.geometry import Pose, quat_canonical, quat_conjugate, quat_rotate, quat_to_matrix, rotation_error_deg
+from posenet_train.cli import main as train_main
+from posenet_train.datasets import (
+    CSV_COLUMNS,
+    DatasetError,
+    PoseRecord,
+    convert,
+    read_poses_csv,
+    write_poses_csv,
+)
+
+
+def known_poses(n: int, seed: int = 0) -> list[Pose]:
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(n, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return [Pose(rng.uniform(-50, 50, 3), q[i]) for i in range(n)]
+
+
+def tiny_image(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((8, 8, 3), 128, np.uint8))
+
+
+def assert_same_poses(records: list[PoseRecord], poses: list[Pose]) -> None:
+    assert len(records) == len(poses)
+    for r, p in zip(records, poses, strict=True):
+        np.testing.assert_allclose(r.position, p.position, atol=1e-9, rtol=0)
+        # Same rotation (sign-free), and canonical w >= 0 as the CSV promises.
+        np.testing.assert_allclose(quat_to_matrix(r.quaternion), quat_to_matrix(p.quaternion), atol=1e-9)
+        np.testing.assert_allclose(r.quaternion, quat_canonical(p.quaternion), atol=1e-9)
+        assert r.quaternion[0] >= 0
+
+
+def test_canonical_csv_round_trip_is_exact(tmp_path: Path) -> None:
+    poses = known_poses(20)
+    records = [
+        PoseRecord(f"img{i}.png", "train" if i % 3 else "test", p.position, p.quaternion) for i, p in enumerate(poses)
+    ]
+    for r in records:
+        tiny_image(tmp_path / r.image)
+    write_poses_csv(tmp_path / "poses.csv", records)
+    back = read_poses_csv(tmp_path)
+    assert tmp_path.joinpath("poses.csv").read_text().splitlines()[0] == ",".join(CSV_COLUMNS)
+    assert [r.split for r in back] == [r.split for r in records]
+    for a, b in zip(back, records, strict=True):
+        assert np.array_equal(a.position, b.position) and np.array_equal(a.quaternion, quat_canonical(b.quaternion))
+
+
+def make_seven_scenes(root: Path, poses: list[Pose], ext: str = ".png") -> None:
+    half = len(poses) // 2
+    for i, pose in enumerate(poses):
+        seq = root / ("seq-01" if i < half else "seq-02")
+        frame = i if i < half else i - half
+        tiny_image(seq / f"frame-{frame:06d}.color{ext}")
+        np.savetxt(seq / f"frame-{frame:06d}.pose.txt", pose.matrix(), fmt="%.17e")
+    (root / "TrainSplit.txt").write_text("sequence1\n")
+    (root / "TestSplit.txt").write_text("sequence2\n")
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_seven_scenes_round_trip(tmp_path: Path, ext: str) -> None:
+    poses = known_poses(10)
+    make_seven_scenes(tmp_path / "src", poses, ext)
+    csv_path = convert(tmp_path / "src", "7scenes", tmp_path / "out")
+    records = read_poses_csv(csv_path)
+    assert_same_poses(records, poses)
+    assert [r.split for r in records] == ["train"] * 5 + ["test"] * 5
+    assert records[0].image == f"../src/seq-01/frame-000000.color{ext}"
+
+
+def make_cambridge(root: Path, poses: list[Pose]) -> None:
+    header = "Visual Landmark Dataset V1\nImageFile, Camera Position [X Y Z W P Q R]\n\n"
+    for split, chunk in (("train", poses[:6]), ("test", poses[6:])):
+        lines = []
+        for i, pose in enumerate(chunk):
+            name = f"seq{1 if split == 'train' else 2}/frame{i + 1:05d}.png"
+            tiny_image(root / name)
+            q_nvm = quat_conjugate(pose.quaternion)  # NVM: world-to-camera
+            q_nvm = -q_nvm if i % 2 else q_nvm  # either sign appears in the wild
+            lines.append(f"{name} " + " ".join(f"{v:.17g}" for v in (*pose.position, *q_nvm)))
+        (root / f"dataset_{split}.txt").write_text(header + "\n".join(lines) + "\n")
+
+
+def test_cambridge_round_trip(tmp_path: Path) -> None:
+    poses = known_poses(9, seed=1)
+    make_cambridge(tmp_path / "src", poses)
+    records = read_poses_csv(convert(tmp_path / "src", "cambridge", tmp_path / "out"))
+    assert_same_poses(records, poses)
+    assert [r.split for r in records] == ["train"] * 6 + ["test"] * 3
+
+
+def make_colmap(root: Path, poses: list[Pose]) -> None:
+    model = root / "sparse" / "0"
+    model.mkdir(parents=True)
+    lines = [
+        "# Image list with two lines of data per image:",
+        "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
+    ]
+    for i, pose in enumerate(poses):
+        q_w2c = quat_conjugate(pose.quaternion)
+        t = -quat_rotate(q_w2c, pose.position)  # world-to-camera translation
+        name = f"img {i:03d}.jpg"  # COLMAP names may contain spaces
+        tiny_image(root / "images" / name)
+        lines.append(f"{i + 1} " + " ".join(f"{v:.17g}" for v in (*q_w2c, *t)) + f" 1 {name}")
+        lines.append("10.5 20.5 -1" if i % 2 else "")
+    (model / "images.txt").write_text("\n".join(lines) + "\n")
+    (model / "cameras.txt").write_text("1 PINHOLE 64 48 50 50 32 24\n")
+
+
+def test_colmap_round_trip(tmp_path: Path) -> None:
+    poses = known_poses(16, seed=2)
+    make_colmap(tmp_path / "src", poses)
+    records = read_poses_csv(convert(tmp_path / "src", "colmap", tmp_path / "out"))
+    assert_same_poses(records, poses)
+    assert sum(r.split == "test" for r in records) == 2  # every 8th image by name
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("seq1/frame00001.png 1 2 3 1 0 0", "expected 'image X Y Z W P Q R'"),
+        ("seq1/frame00001.png 1 2 x 1 0 0 0", "not a number"),
+        ("seq1/frame00001.png 1 2 3 2 0 0 0", "not unit length"),
+        ("seq1/frame00001.png 1 2 3 nan 0 0 0", "non-finite"),
+        ("seq1/missing.png 1 2 3 1 0 0 0", "not found"),
+    ],
+)
+def test_cambridge_errors_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
+    tiny_image(tmp_path / "seq1/frame00001.png")
+    (tmp_path / "dataset_train.txt").write_text(f"h1\nh2\nh3\nseq1/frame00001.png 0 0 0 1 0 0 0\n{line}\n")
+    (tmp_path / "dataset_test.txt").write_text("h1\nh2\nh3\n")
+    with pytest.raises(DatasetError, match=message) as err:
+        convert(tmp_path, "cambridge", tmp_path / "out")
+    assert "dataset_train.txt:5" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_seven_scenes_errors(tmp_path: Path) -> None:
+    make_seven_scenes(tmp_path, known_poses(4))
+    (tmp_path / "TestSplit.txt").write_text("sequence2\nseq3\n")
+    with pytest.raises(DatasetError, match=r"TestSplit.txt:2: expected 'sequenceN'"):
+        convert(tmp_path, "7scenes", tmp_path / "out")
+    (tmp_path / "TestSplit.txt").write_text("sequence9\n")
+    with pytest.raises(DatasetError, match="seq-09 does not exist"):
+        convert(tmp_path, "7scenes", tmp_path / "out")
+    (tmp_path / "TestSplit.txt").write_text("sequence2\n")
+    (tmp_path / "seq-02/frame-000000.pose.txt").write_text("1 0 0 0\n0 1 0 0\n0 0 1 0\n")
+    with pytest.raises(DatasetError, match="expected a 4x4 matrix"):
+        convert(tmp_path, "7scenes", tmp_path / "out")
+    (tmp_path / "seq-02/frame-000000.pose.txt").write_text("2 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n")
+    with pytest.raises(DatasetError, match="not a rotation matrix"):
+        convert(tmp_path, "7scenes", tmp_path / "out")
+    (tmp_path / "seq-02/frame-000000.color.png").unlink()
+    with pytest.raises(DatasetError, match=r"no image frame-000000\.color"):
+        convert(tmp_path, "7scenes", tmp_path / "out")
+
+
+def test_colmap_errors(tmp_path: Path) -> None:
+    make_colmap(tmp_path, known_poses(2))
+    images_txt = tmp_path / "sparse/0/images.txt"
+    images_txt.write_text("1 0.5 0.5 0.5 0.4 0 0 0 1 img 000.jpg\n\n")
+    with pytest.raises(DatasetError, match=r"images.txt:1: quaternion is not unit length"):
+        convert(tmp_path / "sparse/0", "colmap", tmp_path / "out")
+    images_txt.write_text("1 1 0 0 0 0 0 0 1 nothere.jpg\n\n")
+    with pytest.raises(DatasetError, match=r"'nothere\.jpg' not found"):
+        convert(tmp_path, "colmap", tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("a.png,train,1,2,3,1,0,0", "expected 9 columns"),
+        ("a.png,val,1,2,3,1,0,0,0", "split must be one of"),
+        ("a.png,train,1,2,3,0.5,0,0,0", "not unit length"),
+        ("a.png,train,1,inf,3,1,0,0,0", "non-finite"),
+        ("b.png,train,1,2,3,1,0,0,0", "'b.png' not found"),
+    ],
+)
+def test_canonical_csv_errors(tmp_path: Path, row: str, message: str) -> None:
+    tiny_image(tmp_path / "a.png")
+    (tmp_path / "poses.csv").write_text(",".join(CSV_COLUMNS) + "\na.png,test,0,0,0,1,0,0,0\n" + row + "\n")
+    with pytest.raises(DatasetError, match=message) as err:
+        read_poses_csv(tmp_path)
+    assert "poses.csv:3" in str(err.value)
+
+
+def test_cli_convert_and_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_cambridge(tmp_path / "src", known_poses(9, seed=4))
+    assert train_main(["convert", str(tmp_path / "src"), "--format", "cambridge", "--out", str(tmp_path / "o")]) == 0
+    assert len(read_poses_csv(tmp_path / "o")) == 9
+    assert train_main(["convert", str(tmp_path / "src"), "--format", "7scenes", "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("posenet-train convert: error:") and "TrainSplit.txt" in err and "\n" not in err
+
+
+def test_converted_rotation_is_the_camera_to_world_one(tmp_path: Path) -> None:
+    """Guard against the classic mistake of keeping NVM's world-to-camera quaternion: a camera whose
+    optical axis looks along world +x must come out with R[:, 2] == +x."""
+    look_x = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    pose = Pose.from_matrix(np.block([[look_x, np.array([[1.0], [2.0], [3.0]])], [np.zeros((1, 3)), np.ones((1, 1))]]))
+    make_cambridge(tmp_path / "src", [pose] * 7)
+    records = read_poses_csv(convert(tmp_path / "src", "cambridge", tmp_path / "out"))
+    np.testing.assert_allclose(quat_to_matrix(records[0].quaternion)[:, 2], [1.0, 0.0, 0.0], atol=1e-12)
+    assert rotation_error_deg(records[0].quaternion, pose.quaternion) < 1e-6
