@@ -14,6 +14,8 @@ $(STAMP): setup.py setup.cfg package.xml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# rclpy's Python source for the fake-ROS conformance test: downloaded, read as a zip, never installed.
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps -d $(VENV)/wheels rclpy-intellisense==1.2.0
 	touch $(STAMP)
 
 lint: setup

@@ -47,6 +47,7 @@ setup(
             "colcon-core",
             "colcon-ros",
             "colcon-python-setup-py",
+            "rosbags",  # the fake ROS runtime's message classes come from its real .msg definitions
             *TRAIN_EXTRAS,
         ],
         "bench": ["pillow"],
@@ -61,6 +62,7 @@ setup(
         "console_scripts": [
             "posenet-ros = posenet_ros.cli:main",
             "posenet-train = posenet_train.cli:main",
+            "relocalize_node = posenet_ros.node:main",
         ],
     },
 )

@@ -221,6 +221,12 @@ class Engine:
         self.stats = EngineStats()
         self._warm_up()
 
+    def set_latency_budget(self, budget_ms: float | None) -> None:
+        """Change the budget live (None: no budget). The cost model calibrated at warm-up stays."""
+        if budget_ms is not None and not budget_ms > 0:
+            raise EngineError(f"latency budget must be > 0 ms, got {budget_ms}")
+        self.budget.budget_ms = budget_ms
+
     # -- running the network -------------------------------------------------------------------
 
     def _forward(self, batch: torch.Tensor) -> np.ndarray:

@@ -50,8 +50,10 @@ def test_ament_layout(installed: Path) -> None:
 
 
 def test_executables_in_lib_and_python_package_installed(installed: Path) -> None:
-    exe = installed / "lib" / "posenet_ros" / "posenet-ros"
-    assert exe.is_file() and os.access(exe, os.X_OK)
+    lib = installed / "lib" / "posenet_ros"
+    for name in ("posenet-ros", "posenet-train", "relocalize_node"):  # ros2 run / ros2 launch find them here
+        assert (lib / name).is_file() and os.access(lib / name, os.X_OK), name
+    exe = lib / "posenet-ros"
     site = list(installed.glob("lib/python3*/site-packages"))
     assert site, "no site-packages in the install space"
     assert (site[0] / "posenet_ros" / "engine.py").is_file()

@@ -24,6 +24,10 @@ ROS_MODULES = {
     "std_msgs",
     "builtin_interfaces",
     "rosidl_runtime_py",
+    "rcl_interfaces",
+    "ament_index_python",
+    "tf2_msgs",
+    "rosgraph_msgs",
 }
 
 
@@ -44,6 +48,8 @@ def test_package_xml_parses_with_catkin_pkg_as_format_3_ament_python() -> None:
         "diagnostic_msgs",
         "launch",
         "launch_ros",
+        "rcl_interfaces",
+        "ament_index_python",
         "python3-numpy",
         "python3-opencv",
         "python3-yaml",

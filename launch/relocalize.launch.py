@@ -1,0 +1,59 @@
+"""ros2 launch posenet_ros relocalize.launch.py [model:=...] [image_topic:=...] [compressed:=true] ...
+
+Starts the PoseNet relocalization node with config/relocalize.yaml, then the overrides given here.
+"""
+
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition, UnlessCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
+
+ARGUMENTS = (
+    ("model", "models/posenet_demo.pt", "TorchScript model: absolute, or relative to the package share dir"),
+    ("image_topic", "/camera/image_raw", "camera image topic (the node adds /compressed when compressed:=true)"),
+    ("compressed", "false", "subscribe to sensor_msgs/CompressedImage on <image_topic>/compressed"),
+    ("params_file", "", "parameter YAML; empty: config/relocalize.yaml from the package share dir"),
+    ("use_sim_time", "false", "use /clock (ros2 bag play --clock)"),
+    ("namespace", "", "namespace for the node, its topics and /tf, /tf_static"),
+    ("device", "auto", "auto, cpu, cuda or cuda:N"),
+    ("tf_mode", "map_to_camera", "map_to_camera, map_to_base, map_to_odom or none"),
+    ("log_level", "info", "node log level"),
+)
+
+
+def generate_launch_description():
+    args = [DeclareLaunchArgument(name, default_value=default, description=doc) for name, default, doc in ARGUMENTS]
+    cfg = {name: LaunchConfiguration(name) for name, _, _ in ARGUMENTS}
+    default_params = PathJoinSubstitution([FindPackageShare("posenet_ros"), "config", "relocalize.yaml"])
+    params_file = PythonExpression(["'", cfg["params_file"], "' or '", default_params, "'"])
+    overrides = {
+        "model_path": cfg["model"],
+        "compressed": ParameterValue(cfg["compressed"], value_type=bool),
+        "use_sim_time": ParameterValue(cfg["use_sim_time"], value_type=bool),
+        "device": cfg["device"],
+        "tf_mode": cfg["tf_mode"],
+    }
+    image = cfg["image_topic"]
+    remappings = [("image", image), ("image/compressed", [image, "/compressed"])]
+
+    def node(condition, extra_remaps):
+        return Node(
+            package="posenet_ros",
+            executable="relocalize_node",
+            name="posenet_relocalizer",
+            namespace=cfg["namespace"],
+            parameters=[params_file, overrides],  # the YAML first, then the launch overrides
+            remappings=remappings + extra_remaps,
+            arguments=["--ros-args", "--log-level", cfg["log_level"]],
+            output="screen",
+            condition=condition,
+        )
+
+    # Under a namespace, TF goes to <namespace>/tf like the rest of a namespaced robot.
+    namespaced = PythonExpression(["'", cfg["namespace"], "' != ''"])
+    with_namespace = node(IfCondition(namespaced), [("/tf", "tf"), ("/tf_static", "tf_static")])
+    return LaunchDescription([*args, with_namespace, node(UnlessCondition(namespaced), [])])
