@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint pytest colcon-check demo bench clean
+.PHONY: setup test lint pytest colcon-check demo demo-model bench clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,17 @@ bench: setup
 # Until the replay issue lands a bundled model and bag: time the engine on synthetic frames.
 demo: setup
 	$(VENV)/bin/posenet-ros bench --iterations 30
+
+# Rebuild the bundled demo model from nothing: render the synthetic room, train, export, evaluate.
+# CPU configuration (input 112, 3000 steps); see models/README.md for its measured accuracy and time.
+DEMO := out/demo
+demo-model: setup
+	$(VENV)/bin/posenet-train synth --out $(DEMO)/room --train-sequences 12 --test-sequences 2 --frames 250 \
+	    --width 256 --height 192
+	$(VENV)/bin/posenet-train fit $(DEMO)/room --out $(DEMO)/run --input-size 112 --resize-shortest-side 128 \
+	    --final-fc-dim 1024 --steps 3000 --batch-size 32 --lr 1e-3 --learn-weighting --eval-every 250 \
+	    --eval-images 96 --checkpoint-every 250 --scene-name synthetic_room --export models/posenet_demo.pt
+	$(VENV)/bin/posenet-train eval models/posenet_demo.pt $(DEMO)/room --out $(DEMO)/eval
 
 clean:
 	rm -rf $(VENV) build install log out *.egg-info

@@ -15,6 +15,7 @@ import cv2
 import fake_ros
 import numpy as np
 import pytest
+import torch
 from conftest import NaNPoseNet, small_contract
 
 from posenet_ros.export import export_torchscript
@@ -412,6 +413,7 @@ def test_live_parameter_changes_are_validated(ros: Any, tiny_file: tuple[Path, A
     ("params", "message"),
     [
         ({"model_path": "/nonexistent/model.pt"}, "model"),
+        ({"model_path": "CONTRACTLESS"}, "contract"),
         ({"crops": 500}, "out of range"),
         ({"device": "tpu"}, "device must be"),
         ({"transform_tolerance": 1}, "transform_tolerance"),  # an int for a double: rclpy refuses it
@@ -424,6 +426,10 @@ def test_startup_errors_exit_non_zero_with_one_line(
 
     node_module = ros.node_module
     rclpy.try_shutdown()
+    if params.get("model_path") == "CONTRACTLESS":
+        bare = tiny_file[0].with_name("no_contract.pt")
+        torch.jit.save(torch.jit.load(str(tiny_file[0])), str(bare))  # drops the extra files
+        params = {"model_path": str(bare)}
     values = {"model_path": str(tiny_file[0]), "device": "cpu", **params}
     args = ["relocalize_node", "--ros-args"] + [x for k, v in values.items() for x in ("-p", f"{k}:={v}")]
     assert node_module.main(args) == 1

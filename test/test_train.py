@@ -210,3 +210,20 @@ def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit) as exc:
         train_main([command, "--help"])
     assert exc.value.code == 0 and "usage: posenet-train" in capsys.readouterr().out
+
+
+def test_fit_starts_from_pretrained_backbone_weights(scene: Path, tmp_path: Path) -> None:
+    """--pretrained PATH: the torchvision-layout file's backbone tensors are the starting point."""
+    from test_model import torchvision_googlenet_state_dict
+
+    weights_file = tmp_path / "googlenet.pth"
+    state = torchvision_googlenet_state_dict(seed=3)
+    torch.save(state, weights_file)
+    result = fit(tiny_config(scene, tmp_path / "run", steps=1, lr=1e-12, pretrained=str(weights_file)))
+    ckpt = load_checkpoint(result.checkpoint)
+    assert "backbone tensors" in ckpt["pretrained"]
+    # One step at a negligible learning rate: the convolution weights are still the loaded ones.
+    assert torch.allclose(ckpt["model"]["conv1.conv.weight"], state["conv1.conv.weight"], atol=1e-6)
+    assert torch.allclose(
+        ckpt["model"]["inception5b.branch1.conv.weight"], state["inception5b.branch1.conv.weight"], atol=1e-6
+    )  # noqa: E501
