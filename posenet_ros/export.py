@@ -30,6 +30,12 @@ def script_for_inference(model: nn.Module) -> torch.jit.ScriptModule:
         model.train(was_training)
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def export_torchscript(model: nn.Module, contract: Contract, path: str | Path) -> Path:
     """Write ``model`` as a frozen TorchScript file carrying ``contract``, atomically: the file at
     ``path`` is either the previous one or the complete new one, never a partial write."""
@@ -45,6 +51,8 @@ def export_torchscript(model: nn.Module, contract: Contract, path: str | Path) -
     os.close(fd)
     try:
         torch.jit.save(frozen, tmp, _extra_files={EXTRA_FILE_NAME: contract_json})
+        # mkstemp makes the file owner-only; a model is shared (installed, run as another user).
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -33,6 +33,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--scene-seed", type=int, default=d.scene_seed)
     p.add_argument("--ext", choices=("png", "jpg"), default=d.image_ext)
+    p.add_argument("--heading-spread", type=float, default=d.heading_spread_deg, help="0: full turns; else +-deg")
     p.add_argument("--seven-scenes", action="store_true", help="also write 7-Scenes pose.txt and split files")
 
 
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             hfov_deg=args.hfov,
             seed=args.seed,
             image_ext=args.ext,
+            heading_spread_deg=args.heading_spread,
             seven_scenes=args.seven_scenes,
         )
         records = render_dataset(cfg, Path(args.out))

@@ -169,15 +169,9 @@ def plot(arrays: dict[str, np.ndarray], out: Path, title: str) -> list[Path]:
             if values is not None:
                 v = np.sort(values)
                 ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=label)
-        ax.set_xlabel(unit)
-        ax.set_ylabel("fraction of frames")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        _style(ax, unit, "fraction of frames")
     fig.suptitle(f"{title}: error CDF")
-    fig.tight_layout()
-    paths.append(out / "error_cdf.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "error_cdf.png"))
 
     fig, ax = plt.subplots(figsize=(6, 6))
     truth = arrays["truth"]
@@ -192,17 +186,25 @@ def plot(arrays: dict[str, np.ndarray], out: Path, title: str) -> list[Path]:
             alpha=0.5,
             label="nearest neighbour",
         )
-    ax.set_xlabel("x (m)")
-    ax.set_ylabel("y (m)")
+    _style(ax, "x (m)", "y (m)")
     ax.set_aspect("equal")
+    ax.set_title(f"{title}: top view")
+    paths.append(_save(plt, fig, out / "trajectory_top.png"))
+    return paths
+
+
+def _style(ax: Any, xlabel: str, ylabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(f"{title}: top view")
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    paths.append(out / "trajectory_top.png")
-    fig.savefig(paths[-1], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return paths
+    return path
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ poses are camera-to-world, as everywhere in this project (DESIGN.md section 3).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -243,9 +243,11 @@ def body_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     return rz @ ry @ rx @ OPTICAL_IN_BODY
 
 
-def smooth_trajectory(scene: Scene, n_frames: int, seed: int) -> list[Pose]:
+def smooth_trajectory(scene: Scene, n_frames: int, seed: int, heading_spread_deg: float = 0.0) -> list[Pose]:
     """A hand-held-like walk: sums of random sinusoids keep position and heading smooth while
-    covering the walkable box; the heading turns through all directions over the sequence."""
+    covering the walkable box. The heading turns through all directions over the sequence, or, with
+    ``heading_spread_deg`` > 0, sways within that many degrees of +x (a camera facing one end of
+    the room, as in a facade data set)."""
     rng = np.random.default_rng(seed)
     t = np.linspace(0.0, 1.0, n_frames)
     lo, hi = np.asarray(scene.walk_lo), np.asarray(scene.walk_hi)
@@ -260,6 +262,8 @@ def smooth_trajectory(scene: Scene, n_frames: int, seed: int) -> list[Pose]:
     pos = (lo + hi) / 2 + (hi - lo) / 2 * np.stack([wave(3, 4), wave(3, 4), wave(2, 3)], axis=1)
     turns = rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 2.0)
     yaw = rng.uniform(0, 2 * np.pi) + 2 * np.pi * turns * t + 0.6 * wave(3, 6)
+    if heading_spread_deg > 0:
+        yaw = np.radians(heading_spread_deg) * wave(3, 4)
     pitch = np.radians(12.0) * wave(2, 5)
     roll = np.radians(4.0) * wave(2, 5)
     return [Pose(pos[i], matrix_to_quat(body_rotation(yaw[i], pitch[i], roll[i]))) for i in range(n_frames)]
@@ -279,8 +283,8 @@ class SynthConfig:
     hfov_deg: float = 65.0
     seed: int = 0
     image_ext: str = "png"
+    heading_spread_deg: float = 0.0  # 0: headings turn all the way round; else sway within +-spread of +x
     seven_scenes: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def render_dataset(cfg: SynthConfig, out: Path, progress: bool = True) -> list[PoseRecord]:
@@ -302,7 +306,7 @@ def render_dataset(cfg: SynthConfig, out: Path, progress: bool = True) -> list[P
     for k, (split, seq_seed) in enumerate(sequences, start=1):
         seq_dir = out / f"seq-{k:02d}"
         seq_dir.mkdir(parents=True, exist_ok=True)
-        for j, pose in enumerate(smooth_trajectory(scene, cfg.frames_per_sequence, seq_seed)):
+        for j, pose in enumerate(smooth_trajectory(scene, cfg.frames_per_sequence, seq_seed, cfg.heading_spread_deg)):
             image, _ = renderer.render(pose)
             name = f"seq-{k:02d}/frame-{j:06d}.color.{cfg.image_ext}"
             cv2.imwrite(str(out / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))

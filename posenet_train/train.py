@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -219,7 +220,7 @@ class StopFlag:
         self._previous: Any = None
 
     def __enter__(self) -> StopFlag:
-        if threading_main():
+        if threading.current_thread() is threading.main_thread():  # signals only work there
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -231,12 +232,6 @@ class StopFlag:
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 # -- the loop ------------------------------------------------------------------------------------

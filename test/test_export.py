@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,13 @@ def test_contract_survives_export(tmp_path: Path) -> None:
     contract = small_contract(position_offset=(1.0, 2.0, 3.0), position_scale=0.5)
     _, loaded = load_model(export_torchscript(TinyPoseNet(), contract, tmp_path / "m.pt"))
     assert loaded == Contract.from_json(contract.to_json())
+
+
+def test_exported_file_is_readable_by_others_per_umask(tmp_path: Path) -> None:
+    """Models are installed and run by other users: not the owner-only mode of a temp file."""
+    old = os.umask(0o022)
+    try:
+        path = export_torchscript(TinyPoseNet().eval(), small_contract(), tmp_path / "m.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -226,4 +226,4 @@ def test_fit_starts_from_pretrained_backbone_weights(scene: Path, tmp_path: Path
     assert torch.allclose(ckpt["model"]["conv1.conv.weight"], state["conv1.conv.weight"], atol=1e-6)
     assert torch.allclose(
         ckpt["model"]["inception5b.branch1.conv.weight"], state["inception5b.branch1.conv.weight"], atol=1e-6
-    )  # noqa: E501
+    )
