@@ -65,7 +65,6 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("min_variance", 1e-6, "floor on every variance from the crop spread", range=(1e-12, 1e3)),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", read_only=True, range=(0.1, 60.0)),
 )
-PARAMETER_NAMES = tuple(p.name for p in PARAMETERS)
 SPECS = {p.name: p for p in PARAMETERS}
 
 
@@ -228,7 +227,6 @@ class TfPlan:
 
     parent: str
     child: str
-    camera: str
     base_from_camera: tuple[str, str] | None
     odom_from_base: tuple[str, str] | None
     future_ns: int  # added to the image stamp on the broadcast transform
@@ -240,13 +238,13 @@ def tf_plan(settings: NodeSettings, image_frame: str) -> TfPlan | None:
     if mode == "none":
         return None
     if mode == "map_to_camera":
-        return TfPlan(settings.map_frame, camera, camera, None, None, 0)
+        return TfPlan(settings.map_frame, camera, None, None, 0)
     base_lookup = (settings.base_frame, camera)
     if mode == "map_to_base":
-        return TfPlan(settings.map_frame, settings.base_frame, camera, base_lookup, None, 0)
+        return TfPlan(settings.map_frame, settings.base_frame, base_lookup, None, 0)
     tolerance_ns = round(settings.transform_tolerance * 1e9)
     odom_lookup = (settings.odom_frame, settings.base_frame)
-    return TfPlan(settings.map_frame, settings.odom_frame, camera, base_lookup, odom_lookup, tolerance_ns)
+    return TfPlan(settings.map_frame, settings.odom_frame, base_lookup, odom_lookup, tolerance_ns)
 
 
 def compose_for_plan(plan: TfPlan, map_to_camera: Pose, base_to_camera: Pose | None, odom_to_base: Pose | None) -> Pose:

@@ -27,10 +27,15 @@ class Graph:
             sub.callback(msg)
         return len(subs)
 
-    def record(self, topic: str, msg: Any) -> None:
+    def record(self, topic: str, msg: Any, qos: Any) -> None:
+        """A publisher's message: kept for the test, delivered to QoS-compatible subscriptions."""
+        from rclpy.qos import compatible
+
         with self.lock:
             self.published[topic].append(msg)
-        self.deliver(topic, msg)
+            subs = [s for s in self.subscriptions.get(topic, []) if compatible(qos, s.qos)]
+        for sub in subs:
+            sub.callback(msg)
 
 
 GRAPH = Graph()

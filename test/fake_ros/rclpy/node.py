@@ -22,7 +22,7 @@ from rclpy.exceptions import (
 )
 from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, compatible
+from rclpy.qos import QoSProfile
 from rclpy.time import Time
 
 TOPIC_RE = re.compile(r"^(~/|/)?[A-Za-z_{][A-Za-z0-9_/{}]*$")
@@ -42,7 +42,7 @@ class Publisher:
             raise TypeError(f"Expected {self.msg_type.__name__}, got {type(msg).__name__}")
         if self._node._destroyed:
             raise RuntimeError("publisher's node was destroyed")
-        GRAPH.record(self.topic, msg)
+        GRAPH.record(self.topic, msg, self.qos)
 
 
 class Subscription:
@@ -334,7 +334,3 @@ class Node:
 def _check_msg_type(msg_type: Any) -> None:
     if not isinstance(msg_type, type) or not hasattr(msg_type, "_fields"):
         raise TypeError(f"{msg_type!r} is not a message type")
-
-
-def qos_compatible(publisher: Publisher, subscription: Subscription) -> bool:
-    return compatible(publisher.qos, subscription.qos)
