@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 CONTRACT_FORMAT = "posenet_ros.contract"
 CONTRACT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -50,6 +52,10 @@ class OutputSpec:
     layout: str = OUTPUT_LAYOUT
     position_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
     position_scale: float = 1.0
+
+    def positions(self, raw_xyz: Any) -> Any:
+        """Network xyz (N, 3) -> metres in the map frame (numpy arrays)."""
+        return raw_xyz * self.position_scale + np.asarray(self.position_offset, dtype=np.float64)
 
 
 @dataclass(frozen=True)

@@ -211,9 +211,6 @@ class Engine:
         self.preprocess = (
             TorchPreprocessor(spec, self.device, self.dtype) if self.device.type == "cuda" else CpuPreprocessor(spec)
         )
-        out = self.contract.output
-        self._pos_scale = out.position_scale
-        self._pos_offset = np.asarray(out.position_offset, dtype=np.float64)
         try:
             self.budget = CropBudget(config.latency_budget_ms, config.max_crops)
         except ValueError as exc:
@@ -290,7 +287,7 @@ class Engine:
         return Localization(pose, covariance, crops, latency, overrun)
 
     def _decode(self, raw: np.ndarray) -> tuple[Pose, np.ndarray | None]:
-        positions = raw[:, :3] * self._pos_scale + self._pos_offset
+        positions = self.contract.output.positions(raw[:, :3])
         try:
             quats = quat_unit(raw[:, 3:7])
         except ValueError:

@@ -7,14 +7,12 @@ serialize portably, so the engine applies them at load time for the device it ru
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from posenet_ros.atomic import atomic_path
 from posenet_ros.contract import EXTRA_FILE_NAME, Contract, ContractError
 
 
@@ -30,12 +28,6 @@ def script_for_inference(model: nn.Module) -> torch.jit.ScriptModule:
         model.train(was_training)
 
 
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def export_torchscript(model: nn.Module, contract: Contract, path: str | Path) -> Path:
     """Write ``model`` as a frozen TorchScript file carrying ``contract``, atomically: the file at
     ``path`` is either the previous one or the complete new one, never a partial write."""
@@ -44,18 +36,7 @@ def export_torchscript(model: nn.Module, contract: Contract, path: str | Path) -
     # Round-trip the JSON so a contract that would be refused at load is refused now.
     contract_json = contract.to_json()
     Contract.from_json(contract_json)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     frozen = script_for_inference(model)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.jit.save(frozen, tmp, _extra_files={EXTRA_FILE_NAME: contract_json})
-        # mkstemp makes the file owner-only; a model is shared (installed, run as another user).
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        torch.jit.save(frozen, str(tmp), _extra_files={EXTRA_FILE_NAME: contract_json})
+    return Path(path)

@@ -9,7 +9,6 @@ process count or a resume, which is what makes ``--resume`` exact.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from posenet_ros.atomic import atomic_path
 from posenet_ros.contract import Preprocessing
 from posenet_ros.preprocess import normalization_affine, resized_size
 from posenet_train.datasets import DatasetError, PoseRecord, positions, quaternions
@@ -72,9 +72,8 @@ class ImageCache:
             for r in tqdm(records, desc=f"decode+resize to {shortest_side}", unit="img", disable=not progress)
         ]
         cache_file.parent.mkdir(exist_ok=True)
-        tmp = cache_file.with_name(cache_file.name + f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, **{f"i{k}": im for k, im in enumerate(self.images)})
-        os.replace(tmp, cache_file)
+        with atomic_path(cache_file, suffix=".npz") as tmp:  # np.savez appends .npz to other names
+            np.savez(tmp, **{f"i{k}": im for k, im in enumerate(self.images)})
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posenet_ros.atomic import atomic_path
 from posenet_ros.geometry import Pose, matrix_to_quat, quat_canonical, quat_conjugate, quat_rotate
 
 CSV_COLUMNS = ("image", "split", "x", "y", "z", "qw", "qx", "qy", "qz")
@@ -74,14 +75,12 @@ def checked_floats(fields: list[str], n: int, where: str) -> np.ndarray:
 def write_poses_csv(path: str | Path, records: list[PoseRecord]) -> Path:
     """Write atomically; full float precision (repr) so a round trip is exact."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for r in records:
             q = quat_canonical(r.quaternion)
             w.writerow([r.image, r.split, *map(repr, map(float, r.position)), *map(repr, map(float, q))])
-    os.replace(tmp, path)
     return path
 
 

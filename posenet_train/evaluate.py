@@ -74,11 +74,7 @@ class Predictor:
             raw = self.module(x).double().numpy()
             if not np.all(np.isfinite(raw)):
                 raise ValueError(f"network output is not finite for images {k}..{k + len(x) - 1}")
-            poses.append(
-                np.concatenate(
-                    [raw[:, :3] * out.position_scale + np.asarray(out.position_offset), quat_unit(raw[:, 3:])], 1
-                )
-            )
+            poses.append(np.concatenate([out.positions(raw[:, :3]), quat_unit(raw[:, 3:])], 1))
             if features:
                 feats.append(self.module.features(x).double().numpy())
         return np.concatenate(poses), (np.concatenate(feats) if features else None)

@@ -8,11 +8,9 @@ interrupted run that resumes ends with the same weights as one that never stoppe
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from posenet_ros import __version__
+from posenet_ros.atomic import atomic_path
 from posenet_ros.contract import Preprocessing
 from posenet_ros.geometry import position_error, quat_unit, rotation_error_deg
 from posenet_ros.model import PoseNet, PoseNetConfig, load_imagenet_backbone
@@ -179,16 +178,8 @@ def load_pretrained(model: PoseNet, spec: str) -> str:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @torch.no_grad()
