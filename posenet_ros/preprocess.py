@@ -150,13 +150,17 @@ class CropPlan:
     area: bool
 
 
+def uses_area(height: int, width: int, spec: Preprocessing) -> bool:
+    """Area averaging when the shortest side shrinks (moire-free); linear when it grows, where
+    OpenCV's INTER_AREA degenerates to nearest-neighbour blocks. Training resizes by the same rule."""
+    return spec.interpolation == "area" and min(height, width) >= spec.resize_shortest_side
+
+
 @lru_cache(maxsize=64)
 def crop_plan(height: int, width: int, spec: Preprocessing, n_crops: int) -> CropPlan:
     rh, rw = resized_size(height, width, spec.resize_shortest_side)
     offsets = crop_offsets(rh, rw, spec.input_height, spec.input_width, n_crops)
-    # Area averaging when the shortest side shrinks (moire-free); linear when it grows, where
-    # OpenCV's INTER_AREA degenerates to nearest-neighbour blocks.
-    area = spec.interpolation == "area" and min(height, width) >= spec.resize_shortest_side
+    area = uses_area(height, width, spec)
     if area:
         y0 = min(y for y, _ in offsets)
         x0 = min(x for _, x in offsets)

@@ -18,7 +18,7 @@ import torch
 
 from posenet_ros.atomic import atomic_path
 from posenet_ros.contract import Preprocessing
-from posenet_ros.preprocess import normalization_affine, resized_size
+from posenet_ros.preprocess import normalization_affine, resized_size, uses_area
 from posenet_train.datasets import DatasetError, PoseRecord, positions, quaternions
 
 
@@ -43,32 +43,34 @@ class PositionNormalization:
         return p * self.scale + np.asarray(self.offset)
 
 
-def load_resized(path: Path, shortest_side: int) -> np.ndarray:
-    """RGB uint8 with its shortest side resized (area when shrinking, linear when growing)."""
+def load_resized(path: Path, spec: Preprocessing) -> np.ndarray:
+    """RGB uint8 with its shortest side resized as the node's preprocessing would (``uses_area``)."""
     data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
     if img is None:
         raise DatasetError(f"{path}: cannot decode image")
     h, w = img.shape[:2]
-    rh, rw = resized_size(h, w, shortest_side)
-    interp = cv2.INTER_AREA if min(h, w) >= shortest_side else cv2.INTER_LINEAR
+    rh, rw = resized_size(h, w, spec.resize_shortest_side)
+    interp = cv2.INTER_AREA if uses_area(h, w, spec) else cv2.INTER_LINEAR
     return cv2.cvtColor(cv2.resize(img, (rw, rh), interpolation=interp), cv2.COLOR_BGR2RGB)
 
 
 class ImageCache:
-    """All images of ``records`` resized to ``shortest_side``, kept in memory and on disk (npz)."""
+    """All images of ``records`` resized per ``spec``, kept in memory and on disk (npz)."""
 
-    def __init__(self, root: Path, records: list[PoseRecord], shortest_side: int, progress: bool = False) -> None:
+    def __init__(self, root: Path, records: list[PoseRecord], spec: Preprocessing, progress: bool = False) -> None:
         from tqdm import tqdm
 
-        key = hashlib.sha1(f"{shortest_side}\n".encode() + "\n".join(r.image for r in records).encode()).hexdigest()
+        shortest_side = spec.resize_shortest_side
+        header = f"{shortest_side} {spec.interpolation}\n".encode()
+        key = hashlib.sha1(header + "\n".join(r.image for r in records).encode()).hexdigest()
         cache_file = root / ".cache" / f"images_s{shortest_side}_{key[:16]}.npz"
         if cache_file.is_file():
             with np.load(cache_file) as z:
                 self.images = [z[f"i{k}"] for k in range(len(records))]
             return
         self.images = [
-            load_resized(root / r.image, shortest_side)
+            load_resized(root / r.image, spec)
             for r in tqdm(records, desc=f"decode+resize to {shortest_side}", unit="img", disable=not progress)
         ]
         cache_file.parent.mkdir(exist_ok=True)
@@ -97,7 +99,7 @@ class PoseDataset:
         self.records = records
         self.spec = spec
         self.augment = augment
-        self.cache = ImageCache(root, records, spec.resize_shortest_side, progress)
+        self.cache = ImageCache(root, records, spec, progress)
         alpha, beta = normalization_affine(spec)
         self._alpha = np.asarray(alpha, dtype=np.float32)
         self._beta = np.asarray(beta, dtype=np.float32)
