@@ -7,12 +7,69 @@ import sys
 from pathlib import Path
 
 from posenet_ros import __version__
+from posenet_ros.relocalizer import SPECS
+
+# Node parameters that mean the same offline; replay takes them as --name-with-dashes.
+REPLAY_NODE_PARAMETERS = (
+    "map_frame",
+    "camera_frame",
+    "latency_budget_ms",
+    "crops",
+    "max_crops",
+    "max_frame_age_ms",
+    "position_variance",
+    "orientation_variance",
+    "min_variance",
+)
+
+
+class UsageError(ValueError):
+    """Options that contradict each other."""
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from posenet_ros.bench import main_bench
 
     return main_bench(args.model, args.iterations, args.threads, args.json)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from posenet_ros.groundtruth import GroundTruthSource
+    from posenet_ros.replay import ReplayConfig, format_summary, replay, write_report
+
+    truth = None
+    if args.gt_topic or args.gt_frames:
+        if args.gt_topic and args.gt_frames:
+            raise UsageError("give --gt-topic or --gt-frames, not both")
+        frames = tuple(args.gt_frames) if args.gt_frames else None
+        truth = GroundTruthSource(args.gt_topic, frames, args.gt_max_gap)
+    params = {name: getattr(args, name) for name in REPLAY_NODE_PARAMETERS if getattr(args, name) is not None}
+    cfg = ReplayConfig(
+        bag=args.bag,
+        model=args.model,
+        image_topic=args.image_topic,
+        ground_truth=truth,
+        out_bag=args.out,
+        ros_distro=args.ros_distro,
+        report=args.report,
+        realtime=args.realtime,
+        rate=args.rate,
+        device=args.device,
+        threads=args.threads,
+        node_parameters=params,
+        progress=not args.no_progress,
+    )
+    result = replay(cfg)
+    for line in format_summary(result.summary):
+        print(line)
+    if args.out:
+        print(f"poses written to {args.out}")
+    if args.report:
+        print(f"report: {write_report(result, args.report)}")
+    if result.read_error:
+        print(f"posenet-ros: error: {result.read_error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -35,6 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     bench.set_defaults(func=_cmd_bench)
 
+    rp = sub.add_parser("replay", help="run the node's per-frame logic on a recorded bag, with a report")
+    rp.add_argument("bag", type=Path, help="rosbag2 folder (sqlite3 or MCAP), bare .db3/.mcap file, or ROS 1 .bag")
+    rp.add_argument("--model", type=Path, required=True, help="exported TorchScript model")
+    rp.add_argument("--image-topic", help="image topic (default: the only Image/CompressedImage topic)")
+    rp.add_argument(
+        "--gt-topic", help="ground truth: PoseStamped, PoseWithCovarianceStamped, Odometry or TransformStamped"
+    )
+    rp.add_argument("--gt-frames", nargs=2, metavar=("MAP", "CAMERA"), help="ground truth from /tf: MAP <- CAMERA")
+    rp.add_argument("--gt-max-gap", type=float, default=0.1, help="max seconds between ground-truth samples (0.1)")
+    rp.add_argument("--out", type=Path, help="write poses and /tf to this new rosbag2 (input's storage)")
+    rp.add_argument("--ros-distro", choices=("humble", "jazzy", "kilted"), default="jazzy", help="output bag format")
+    rp.add_argument("--report", type=Path, help="folder for summary.json, frames.csv, plots and index.html")
+    rp.add_argument("--realtime", action="store_true", help="feed frames at the recorded rate, as the node sees them")
+    rp.add_argument("--rate", type=float, default=1.0, help="playback rate multiplier with --realtime (1.0)")
+    rp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    rp.add_argument("--threads", type=int, help="CPU inference threads (default: torch's)")
+    for name in REPLAY_NODE_PARAMETERS:
+        spec = SPECS[name]
+        kind = type(spec.default)
+        rp.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"node parameter: {spec.description}")
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rp.set_defaults(func=_cmd_replay)
+
     info = sub.add_parser("info", help="print the contract embedded in a model file")
     info.add_argument("model", type=Path)
     info.set_defaults(func=_cmd_info)
@@ -42,12 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from posenet_ros.bagio import BagError
     from posenet_ros.engine import EngineError
+    from posenet_ros.replay import ReplayError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except EngineError as exc:
+    except (EngineError, BagError, ReplayError, UsageError) as exc:
         print(f"posenet-ros: error: {exc}", file=sys.stderr)
         return 2
 

@@ -142,6 +142,34 @@ def quat_average(quats: np.ndarray, weights: np.ndarray | None = None) -> np.nda
     return quat_unit(vecs[:, -1])
 
 
+def quat_slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
+    """Constant-speed interpolation from q0 (t=0) to q1 (t=1) along the shorter arc (q1 is flipped
+    to q0's hemisphere first, so q and -q inputs give the same rotation)."""
+    q0, q1 = quat_normalize(q0), quat_normalize(q1)
+    if np.dot(q0, q1) < 0.0:
+        q1 = -q1
+    step = quat_to_rotation_vector(quat_multiply(quat_conjugate(q0), q1))
+    return quat_unit(quat_multiply(q0, rotation_vector_to_quat(t * step)))
+
+
+def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity (scale s, rotation R, translation t) with dst ~ s R src + t
+    (Umeyama 1991). Needs 3 or more points that are not all on one line."""
+    src, dst = np.asarray(src, dtype=np.float64), np.asarray(dst, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 3 or len(src) < 3:
+        raise ValueError(f"need two (N, 3) point sets with N >= 3, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    var_s = float((xs**2).sum() / len(src))
+    u, d, vt = np.linalg.svd(xd.T @ xs / len(src))
+    if var_s < _EPS or d[1] < 1e-9 * max(d[0], _EPS):
+        raise ValueError("points are (nearly) collinear or coincident; the similarity is not determined")
+    fix = np.diag([1.0, 1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
+    rot = u @ fix @ vt
+    scale = float(np.trace(np.diag(d) @ fix) / var_s)
+    return scale, rot, mu_d - scale * rot @ mu_s
+
+
 def rotation_error_deg(q1: np.ndarray, q2: np.ndarray) -> np.ndarray:
     """Full rotation angle between q1 and q2 in degrees: 2*acos(|<q1,q2>|).
 

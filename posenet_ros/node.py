@@ -24,10 +24,11 @@ from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from tf2_ros import Buffer, TransformBroadcaster, TransformException, TransformListener
 
-from posenet_ros.engine import Engine, EngineConfig, EngineError, ImageError, NonFiniteOutputError
+from posenet_ros.engine import Engine, EngineConfig, EngineError
 from posenet_ros.geometry import Pose
 from posenet_ros.image_codec import ImageDecodeError, decode
 from posenet_ros.relocalizer import (
+    DROPPED_STALE,
     PARAMETERS,
     Frame,
     LatestFrameSlot,
@@ -39,8 +40,7 @@ from posenet_ros.relocalizer import (
     diagnostic_level,
     fill_pose,
     fill_transform,
-    is_stale,
-    pose_covariance,
+    localize_frame,
     pose_from_transform,
     resolve_model_path,
     set_stamp,
@@ -176,32 +176,16 @@ class RelocalizerNode(Node):
 
     def process(self, frame: Frame) -> bool:
         """Localize one frame and publish; False when it was dropped (counted and logged)."""
-        log = self.get_logger()
-        s = self.settings
         now_ns = self.get_clock().now().nanoseconds
-        if is_stale(frame.stamp_ns, now_ns, s.max_frame_age_ms):
-            self.stats.count("dropped_stale")
-            log.warning(
-                f"dropping a frame older than max_frame_age_ms={s.max_frame_age_ms}", throttle_duration_sec=THROTTLE_S
-            )
+        outcome = localize_frame(self.engine, self.settings, self.converter.decode, frame, now_ns, self.stats)
+        if outcome.loc is None:
+            log = self.get_logger()
+            report = log.warning if outcome.status == DROPPED_STALE else log.error
+            report(outcome.reason, throttle_duration_sec=THROTTLE_S)
             return False
-        try:
-            image, encoding = self.converter.decode(frame.msg)
-            crops = None if s.latency_budget_ms > 0 else s.crops
-            loc = self.engine.localize(image, encoding, crops=crops)
-        except (ImageDecodeError, ImageError) as exc:
-            self.stats.count("rejected")
-            log.error(f"rejected image: {exc}", throttle_duration_sec=THROTTLE_S)
-            return False
-        except NonFiniteOutputError as exc:
-            self.stats.count("non_finite")
-            log.error(str(exc), throttle_duration_sec=THROTTLE_S)
-            return False
-        cov = pose_covariance(loc, s.position_variance, s.orientation_variance, s.min_variance)
-        self.stats.record(loc)
         # TF first: whoever reacts to the pose finds the matching transform already sent.
-        self._broadcast_tf(frame, loc.pose)
-        self._publish_pose(frame, loc.pose, covariance_list(cov))
+        self._broadcast_tf(frame, outcome.loc.pose)
+        self._publish_pose(frame, outcome.loc.pose, covariance_list(outcome.covariance))
         return True
 
     def _publish_pose(self, frame: Frame, pose: Pose, covariance: list[float]) -> None:

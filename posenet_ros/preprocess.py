@@ -31,7 +31,6 @@ ENCODINGS: dict[str, tuple[int, str]] = {
     "bgra8": (4, "bgr"),
     "mono8": (1, "mono"),
 }
-MIN_IMAGE_SIDE = 16  # below this a frame holds no usable scene content; anything above is resized
 
 
 class InputError(ValueError):
@@ -52,8 +51,8 @@ def check_image(image: np.ndarray, encoding: str) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != channels:
         raise InputError(f"{encoding} needs an HxWx{channels} image, got shape {image.shape}")
     h, w = image.shape[:2]
-    if min(h, w) < MIN_IMAGE_SIDE:
-        raise InputError(f"image {w}x{h} is too small (each side must be >= {MIN_IMAGE_SIDE} px)")
+    if min(h, w) < 1:
+        raise InputError(f"image {w}x{h} is empty")  # any other size is resized to the network's input
     return image
 
 

@@ -11,14 +11,16 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from posenet_ros.engine import Localization
+from posenet_ros.engine import Engine, ImageError, Localization, NonFiniteOutputError
 from posenet_ros.geometry import Pose, wxyz_to_xyzw, xyzw_to_wxyz
+from posenet_ros.image_codec import ImageDecodeError
 
 TF_MODES = ("map_to_camera", "map_to_base", "map_to_odom", "none")
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
@@ -189,6 +191,48 @@ def frame_age_ms(stamp_ns: int, now_ns: int) -> float:
 def is_stale(stamp_ns: int, now_ns: int, max_age_ms: float) -> bool:
     """Older than the limit by the node's clock (sim time under bag replay). 0 disables it."""
     return max_age_ms > 0 and frame_age_ms(stamp_ns, now_ns) > max_age_ms
+
+
+# -- one frame, as the node and the offline replay both handle it ---------------------------------
+
+# What happened to a frame; the counter of the same name in NodeStats counts it.
+PUBLISHED, DROPPED_STALE, REJECTED, NON_FINITE = "published", "dropped_stale", "rejected", "non_finite"
+
+
+@dataclass(frozen=True)
+class FrameOutcome:
+    status: str
+    loc: Localization | None = None
+    covariance: np.ndarray | None = None  # 6x6, ready for covariance_list
+    reason: str = ""
+
+
+def localize_frame(
+    engine: Engine,
+    settings: NodeSettings,
+    decode: Callable[[Any], tuple[np.ndarray, str]],
+    frame: Frame,
+    now_ns: int,
+    stats: NodeStats,
+) -> FrameOutcome:
+    """Stale check, image conversion, inference and covariance for one frame, counted in ``stats``.
+    Nothing here raises for a bad frame: the outcome says why it produced no pose."""
+    if is_stale(frame.stamp_ns, now_ns, settings.max_frame_age_ms):
+        stats.count(DROPPED_STALE)
+        return FrameOutcome(DROPPED_STALE, reason=f"frame older than max_frame_age_ms={settings.max_frame_age_ms}")
+    try:
+        image, encoding = decode(frame.msg)
+        crops = None if settings.latency_budget_ms > 0 else settings.crops
+        loc = engine.localize(image, encoding, crops=crops)
+    except (ImageDecodeError, ImageError) as exc:
+        stats.count(REJECTED)
+        return FrameOutcome(REJECTED, reason=f"rejected image: {exc}")
+    except NonFiniteOutputError as exc:
+        stats.count(NON_FINITE)
+        return FrameOutcome(NON_FINITE, reason=str(exc))
+    cov = pose_covariance(loc, settings.position_variance, settings.orientation_variance, settings.min_variance)
+    stats.record(loc)
+    return FrameOutcome(PUBLISHED, loc, cov)
 
 
 # -- covariance and TF ---------------------------------------------------------------------------

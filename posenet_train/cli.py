@@ -1,4 +1,5 @@
-"""``posenet-train``: convert | synth | fit | eval | export. Errors are one line and exit 2."""
+"""``posenet-train``: convert | synth | fit | eval | export | to-bag | from-bag | label-sfm.
+Errors are one line and exit 2."""
 
 from __future__ import annotations
 
@@ -73,10 +74,62 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out")
 
 
+def _add_to_bag(sub: argparse._SubParsersAction) -> None:
+    from posenet_train.bags import ToBagConfig
+
+    d = ToBagConfig(Path(), Path())
+    p = sub.add_parser("to-bag", help="record a data set split as a rosbag2 (images, /tf, ground-truth poses)")
+    p.add_argument("dataset", help="canonical data set folder")
+    p.add_argument("--out", required=True, help="new rosbag2 folder")
+    p.add_argument("--split", default=d.split, choices=("train", "test"))
+    p.add_argument("--rate", type=float, default=d.rate_hz, help="frames per second (10)")
+    p.add_argument("--storage", choices=("sqlite3", "mcap"), default=d.storage)
+    p.add_argument("--ros-distro", choices=("humble", "jazzy", "kilted"), default=d.ros_distro)
+    p.add_argument("--compressed", action="store_true", help="sensor_msgs/CompressedImage (JPEG) instead of Image")
+    p.add_argument("--image-topic", default=d.image_topic)
+
+
+def _add_from_bag(sub: argparse._SubParsersAction) -> None:
+    from posenet_train.bags import FromBagConfig
+
+    d = FromBagConfig(Path(), Path(), None)
+    p = sub.add_parser("from-bag", help="training set from a recording with ground truth")
+    p.add_argument("bag", help="rosbag2 folder, bare .db3/.mcap or ROS 1 .bag")
+    p.add_argument("--out", required=True, help="folder for images/ and poses.csv")
+    p.add_argument("--image-topic", help="image topic (default: the only one)")
+    p.add_argument("--gt-topic", help="PoseStamped, PoseWithCovarianceStamped, Odometry or TransformStamped topic")
+    p.add_argument("--gt-frames", nargs=2, metavar=("MAP", "CAMERA"), help="ground truth from /tf: MAP <- CAMERA")
+    p.add_argument("--gt-max-gap", type=float, default=0.1, help="max seconds between ground-truth samples (0.1)")
+    p.add_argument("--every", type=int, default=d.every, help="keep every Nth frame (1)")
+    p.add_argument("--min-translation", type=float, default=d.min_translation, help="metres since the last kept frame")
+    p.add_argument("--min-rotation", type=float, default=d.min_rotation_deg, help="degrees since the last kept frame")
+    p.add_argument("--blur-threshold", type=float, default=d.blur_threshold, help="min variance of the Laplacian")
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    p.add_argument("--block-seconds", type=float, default=d.block_seconds, help="split by time blocks this long")
+
+
+def _add_label_sfm(sub: argparse._SubParsersAction) -> None:
+    from posenet_train.sfm import MATCHERS, SfmConfig
+
+    d = SfmConfig(Path(), Path())
+    p = sub.add_parser("label-sfm", help="poses for unlabelled images or a bag by structure from motion (pycolmap)")
+    p.add_argument("source", help="folder of images (name order = time order) or a bag")
+    p.add_argument("--out", required=True, help="folder for images/, sfm/ and poses.csv")
+    p.add_argument("--image-topic", help="image topic when SOURCE is a bag")
+    p.add_argument("--every", type=int, default=d.every, help="use every Nth frame (1)")
+    p.add_argument("--matcher", choices=MATCHERS, default=d.matcher, help="auto: sequential for video")
+    p.add_argument("--camera-model", default=d.camera_model, help="COLMAP camera model (SIMPLE_RADIAL)")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--scale", type=float, help="metres per SfM unit")
+    scale.add_argument("--align-to", help="poses.csv with known poses of the same image names: similarity fit")
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    p.add_argument("--block-frames", type=int, default=d.block_frames, help="split by blocks of consecutive frames")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posenet-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_convert, _add_synth, _add_fit, _add_eval, _add_export):
+    for add in (_add_convert, _add_synth, _add_fit, _add_eval, _add_export, _add_to_bag, _add_from_bag, _add_label_sfm):
         add(sub)
     return parser
 
@@ -126,14 +179,68 @@ def run(args: argparse.Namespace) -> int:
         from posenet_train.export_model import export_checkpoint
 
         print(f"wrote {export_checkpoint(args.checkpoint, args.out)}")
+    elif args.command == "to-bag":
+        from posenet_train.bags import ToBagConfig, dataset_to_bag
+
+        cfg = ToBagConfig(
+            Path(args.dataset),
+            Path(args.out),
+            args.split,
+            args.rate,
+            storage=args.storage,
+            ros_distro=args.ros_distro,
+            compressed=args.compressed,
+            image_topic=args.image_topic,
+        )
+        print(f"wrote {dataset_to_bag(cfg)} frames to {args.out}")
+    elif args.command == "from-bag":
+        _run_from_bag(args)
+    elif args.command == "label-sfm":
+        _run_label_sfm(args)
     return 0
 
 
+def _run_from_bag(args: argparse.Namespace) -> None:
+    from posenet_ros.groundtruth import GroundTruthSource
+    from posenet_train.bags import FromBagConfig, bag_to_dataset
+
+    if bool(args.gt_topic) == bool(args.gt_frames):
+        raise ValueError("give exactly one of --gt-topic or --gt-frames")
+    truth = GroundTruthSource(args.gt_topic, tuple(args.gt_frames) if args.gt_frames else None, args.gt_max_gap)
+    cfg = FromBagConfig(Path(args.bag), Path(args.out), truth, args.image_topic, args.every, args.min_translation,
+                        args.min_rotation, args.blur_threshold, args.test_fraction, args.block_seconds)  # fmt: skip
+    records, stats = bag_to_dataset(cfg)
+    tests = sum(r.split == "test" for r in records)
+    print(f"{stats.line()}")
+    print(f"wrote {len(records)} frames ({len(records) - tests} train, {tests} test) to {Path(args.out) / 'poses.csv'}")
+    if tests == 0:
+        print("warning: no test frames; the recording is shorter than the split's blocks (lower --block-seconds)")
+
+
+def _run_label_sfm(args: argparse.Namespace) -> None:
+    from posenet_train.sfm import SfmConfig, label_sfm
+
+    cfg = SfmConfig(Path(args.source), Path(args.out), args.image_topic, args.every, args.matcher, args.camera_model,
+                    args.scale, Path(args.align_to) if args.align_to else None, args.test_fraction,
+                    args.block_frames)  # fmt: skip
+    result = label_sfm(cfg)
+    line = f"registered {result.registered} of {result.images} images"
+    if result.alignment_rms_m is not None:
+        line += f"; aligned to {args.align_to} with RMS position residual {result.alignment_rms_m:.3f} m"
+    elif args.scale is None:
+        line += "; poses are in SfM units (no --scale or --align-to)"
+    print(line)
+    print(f"wrote {Path(args.out) / 'poses.csv'}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from posenet_ros.bagio import BagError
+    from posenet_train.sfm import SfmError
+
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (DatasetError, ValueError, FileNotFoundError, FloatingPointError) as exc:
+    except (DatasetError, BagError, SfmError, ValueError, FileNotFoundError, FloatingPointError) as exc:
         print(f"posenet-train {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -22,6 +22,7 @@ from posenet_ros.contract import Contract
 from posenet_ros.engine import ModelLoadError, load_model
 from posenet_ros.geometry import position_error, quat_unit, rotation_error_deg
 from posenet_ros.preprocess import CpuPreprocessor
+from posenet_ros.report import plot_error_cdf, plot_trajectory_top
 from posenet_train.datasets import DatasetError, PoseRecord, positions, quaternions, read_poses_csv, split_records
 
 # (metres, degrees) pairs reported as "fraction of frames within both".
@@ -152,55 +153,18 @@ def evaluate(
 
 
 def plot(arrays: dict[str, np.ndarray], out: Path, title: str) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, unit in ((axes[0], "pos_err", "position error (m)"), (axes[1], "rot_err", "rotation error (deg)")):
-        for name, label in (("posenet", "PoseNet"), ("nn", "nearest neighbour")):
-            values = arrays.get(f"{name}_{key}")
-            if values is not None:
-                v = np.sort(values)
-                ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=label)
-        _style(ax, unit, "fraction of frames")
-    fig.suptitle(f"{title}: error CDF")
-    paths.append(_save(plt, fig, out / "error_cdf.png"))
-
-    fig, ax = plt.subplots(figsize=(6, 6))
-    truth = arrays["truth"]
-    ax.plot(truth[:, 0], truth[:, 1], "k-", lw=1, label="ground truth")
-    ax.plot(arrays["posenet"][:, 0], arrays["posenet"][:, 1], ".", ms=3, label="PoseNet")
+    series = {
+        label: (arrays[f"{name}_pos_err"], arrays[f"{name}_rot_err"])
+        for name, label in (("posenet", "PoseNet"), ("nn", "nearest neighbour"))
+        if f"{name}_pos_err" in arrays
+    }
+    estimates = {"PoseNet": arrays["posenet"]}
     if "nearest_neighbour" in arrays:
-        ax.plot(
-            arrays["nearest_neighbour"][:, 0],
-            arrays["nearest_neighbour"][:, 1],
-            "x",
-            ms=3,
-            alpha=0.5,
-            label="nearest neighbour",
-        )
-    _style(ax, "x (m)", "y (m)")
-    ax.set_aspect("equal")
-    ax.set_title(f"{title}: top view")
-    paths.append(_save(plt, fig, out / "trajectory_top.png"))
-    return paths
-
-
-def _style(ax: Any, xlabel: str, ylabel: str) -> None:
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
-
-
-def _save(plt: Any, fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        estimates["nearest neighbour"] = arrays["nearest_neighbour"]
+    return [
+        plot_error_cdf(series, out / "error_cdf.png", title),
+        plot_trajectory_top(arrays["truth"], estimates, out / "trajectory_top.png", title),
+    ]
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -205,7 +205,7 @@ def test_fit_refuses_bad_parameters(
     assert not (tmp_path / "r" / CHECKPOINT_NAME).exists()
 
 
-@pytest.mark.parametrize("command", ["convert", "synth", "fit", "eval", "export"])
+@pytest.mark.parametrize("command", ["convert", "synth", "fit", "eval", "export", "to-bag", "from-bag", "label-sfm"])
 def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         train_main([command, "--help"])
