@@ -34,13 +34,17 @@ test: lint pytest
 bench: setup
 	$(VENV)/bin/posenet-ros bench --json out/bench.json
 
-# The bundled demo model on its scene's test trajectory (rendered here: same seeds as its training
-# run, so the figures are the ones in models/README.md), then the engine benchmark.
+# The main job on the bundled demo model: record its scene's test trajectory as a rosbag2 (images
+# plus ground-truth TF, rendered here with the training run's seeds), replay it through the model as
+# the node would, and print accuracy and latency with the report's path.
+DEMO_OUT := out/demo_run
 demo: setup
-	$(VENV)/bin/posenet-train synth --out out/demo_test --train-sequences 0 --test-sequences 2 --frames 200 \
+	rm -rf $(DEMO_OUT)
+	$(VENV)/bin/posenet-train synth --out $(DEMO_OUT)/scene --train-sequences 0 --test-sequences 2 --frames 200 \
 	    --width 256 --height 192 --heading-spread 50
-	$(VENV)/bin/posenet-train eval models/posenet_demo.pt out/demo_test --no-baseline --out out/demo_eval
-	$(VENV)/bin/posenet-ros bench --iterations 30
+	$(VENV)/bin/posenet-train to-bag $(DEMO_OUT)/scene --out $(DEMO_OUT)/camera_bag --storage mcap --rate 10
+	$(VENV)/bin/posenet-ros replay $(DEMO_OUT)/camera_bag --model models/posenet_demo.pt --device cpu \
+	    --gt-frames map camera_optical --out $(DEMO_OUT)/poses_bag --report $(DEMO_OUT)/report
 
 # Rebuild the bundled demo model from nothing: render the synthetic room, train, export, evaluate.
 # CPU configuration (input 112, 2200 steps); see models/README.md for its measured accuracy and time.

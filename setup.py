@@ -15,8 +15,10 @@ HERE = Path(__file__).resolve().parent
 VERSION = re.search(r"<version>([^<]+)</version>", (HERE / "package.xml").read_text()).group(1)
 
 
-# posenet_train only: synthetic-scene textures, plots, progress bars.
-TRAIN_EXTRAS = ["scikit-image", "matplotlib", "tqdm"]
+# Offline replay (posenet-ros replay): bags, plots, progress bars.
+REPLAY_EXTRAS = ["rosbags", "matplotlib", "tqdm"]
+# posenet_train: synthetic-scene textures, structure from motion, and everything replay needs.
+TRAIN_EXTRAS = ["scikit-image", "pycolmap", *REPLAY_EXTRAS]
 
 
 def share(folder: str) -> tuple[str, list[str]]:
@@ -47,10 +49,10 @@ setup(
             "colcon-core",
             "colcon-ros",
             "colcon-python-setup-py",
-            "rosbags",  # the fake ROS runtime's message classes come from its real .msg definitions
-            *TRAIN_EXTRAS,
+            *TRAIN_EXTRAS,  # rosbags also gives the fake ROS runtime its message classes
         ],
         "bench": ["pillow"],
+        "replay": REPLAY_EXTRAS,
         "train": TRAIN_EXTRAS,
     },
     zip_safe=True,

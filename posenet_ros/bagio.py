@@ -113,6 +113,9 @@ def open_bag(path: str | Path) -> Iterator[Any]:
                 target = Path(tmp)
             elif path.is_file() and path.suffix != ".bag":
                 raise BagError(f"{path}: not a bag (expected a rosbag2 folder, a .db3/.mcap file or a ROS 1 .bag)")
+            elif path.is_dir() and path.suffix == ".bag":  # rosbags takes any *.bag for ROS 1
+                target = Path(tmp) / "rosbag2"
+                target.symlink_to(path.resolve(), target_is_directory=True)
             else:
                 target = path
             reader = AnyReader([target], default_typestore=get_typestore(Stores.ROS2_HUMBLE))

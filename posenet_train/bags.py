@@ -126,15 +126,19 @@ def to_bgr(image: np.ndarray, encoding: str) -> np.ndarray:
 
 def time_block_splits(stamps_ns: list[int], test_fraction: float, block_seconds: float) -> list[str]:
     """'train'/'test' per stamp: time is cut into blocks of ``block_seconds`` and every k-th block
-    (k = round(1 / test_fraction)), starting with the middle one of the first k, is test."""
+    (k = round(1 / test_fraction)), starting with the middle one of the first k, is test. A recording
+    shorter than k blocks gets shorter blocks, so it still has a test part."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test fraction must be in (0, 1), got {test_fraction}")
     if not block_seconds > 0:
         raise ValueError(f"block length must be > 0 s, got {block_seconds}")
+    if not stamps_ns:
+        return []
     k = max(2, round(1 / test_fraction))
-    t0 = min(stamps_ns) if stamps_ns else 0
-    blocks = [int((s - t0) // round(block_seconds * 1e9)) for s in stamps_ns]
-    return ["test" if b % k == k // 2 else "train" for b in blocks]
+    t0 = min(stamps_ns)
+    span = max(stamps_ns) - t0 + 1
+    block_ns = min(round(block_seconds * 1e9), -(-span // k))
+    return ["test" if ((s - t0) // block_ns) % k == k // 2 else "train" for s in stamps_ns]
 
 
 def bag_to_dataset(cfg: FromBagConfig, progress: bool = True) -> tuple[list[PoseRecord], FromBagStats]:
@@ -175,11 +179,12 @@ def bag_to_dataset(cfg: FromBagConfig, progress: bool = True) -> tuple[list[Pose
             except ValueError:
                 stats.undecodable += 1
                 continue
-            if cfg.blur_threshold > 0 and sharpness(image) < cfg.blur_threshold:
+            bgr = to_bgr(image, encoding)
+            if cfg.blur_threshold > 0 and sharpness(bgr) < cfg.blur_threshold:
                 stats.blurred += 1
                 continue
             name = f"images/{stamp}.png"
-            cv2.imwrite(str(out / name), to_bgr(image, encoding))
+            cv2.imwrite(str(out / name), bgr)
             kept.append((name, stamp, pose))
             last = pose
     if not kept:

@@ -214,7 +214,7 @@ def _run_from_bag(args: argparse.Namespace) -> None:
     print(f"{stats.line()}")
     print(f"wrote {len(records)} frames ({len(records) - tests} train, {tests} test) to {Path(args.out) / 'poses.csv'}")
     if tests == 0:
-        print("warning: no test frames; the recording is shorter than the split's blocks (lower --block-seconds)")
+        print("warning: no test frames (too few frames kept for the split)")
 
 
 def _run_label_sfm(args: argparse.Namespace) -> None:

@@ -297,14 +297,17 @@ def test_bad_encodings_and_truncated_data_are_counted_and_survived(ros: Any, tin
     truncated = image_msg(2)
     truncated.data = bytes(truncated.data)[:100]
     assert node.process(_frame(truncated)) is False
-    tiny = image_msg(3)
-    tiny.height, tiny.width, tiny.step, tiny.data = 4, 4, 12, bytes(48)
-    assert node.process(_frame(tiny)) is False
+    empty = image_msg(3)
+    empty.height, empty.width, empty.step, empty.data = 0, 4, 12, b""
+    assert node.process(_frame(empty)) is False
     assert node.stats.rejected == 3
+    tiny = image_msg(4)
+    tiny.height, tiny.width, tiny.step, tiny.data = 4, 4, 12, bytes(48)
+    assert node.process(_frame(tiny)) is True  # upscaled by the resize rule, not refused
     errors = logs(ros, "ERROR")
     assert any("16UC1" in m for m in errors) and any("truncated" in m for m in errors)
     assert all("\n" not in m for m in errors)
-    assert node.process(_frame(image_msg(4))) is True  # still running
+    assert node.process(_frame(image_msg(5))) is True  # still running
 
 
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8"])

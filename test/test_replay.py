@@ -155,6 +155,10 @@ def test_kilted_bare_storage_files_compressed_images_and_ros1(dataset: Path, tmp
             r.summary["frames_processed"] == FRAMES and r.summary["ground_truth"]["frames_with_ground_truth"] == FRAMES
         )
 
+    named_like_ros1 = make_bag(dataset, tmp_path / "rosbag2_folder.bag")
+    r = replay(ReplayConfig(named_like_ros1, MODEL, device="cpu", progress=False))
+    assert r.summary["frames_processed"] == FRAMES
+
     ros1 = write_ros1_bag(dataset, tmp_path / "recording.bag")
     r = replay(ReplayConfig(ros1, MODEL, ground_truth=GroundTruthSource(topic="/gt"), device="cpu", progress=False))
     assert r.summary["frames_processed"] == FRAMES and r.summary["errors"]["median_position_m"] < 0.6

@@ -1,0 +1,153 @@
+"""Training data from recordings: ``to-bag`` / ``from-bag`` round trips and SfM labelling with pycolmap
+on a synthetic sequence whose poses are known exactly."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from posenet_ros.geometry import position_error, rotation_error_deg
+from posenet_ros.groundtruth import GroundTruthSource
+from posenet_train.bags import (
+    FromBagConfig,
+    ToBagConfig,
+    bag_to_dataset,
+    dataset_to_bag,
+    sharpness,
+    time_block_splits,
+)
+from posenet_train.cli import main as train_main
+from posenet_train.datasets import read_poses_csv, split_records
+from posenet_train.sfm import SfmConfig, align, label_sfm
+from posenet_train.synth import SynthConfig, render_dataset
+
+FRAMES = 24
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("recording")
+    cfg = SynthConfig(train_sequences=0, test_sequences=1, frames_per_sequence=FRAMES, width=96, height=72)
+    render_dataset(cfg, root / "data", progress=False)
+    dataset_to_bag(ToBagConfig(root / "data", root / "bag", rate_hz=4.0, storage="mcap"))
+    return root / "data", root / "bag"
+
+
+def ordered_truth(data: Path) -> list:
+    return sorted(split_records(read_poses_csv(data), "test"), key=lambda r: r.image)
+
+
+@pytest.mark.parametrize(
+    "truth", [GroundTruthSource(frames=("map", "camera_optical")), GroundTruthSource("/ground_truth/camera_pose")]
+)
+def test_from_bag_recovers_images_and_poses(
+    recording: tuple[Path, Path], tmp_path: Path, truth: GroundTruthSource
+) -> None:
+    data, bag = recording
+    _, stats = bag_to_dataset(FromBagConfig(bag, tmp_path, truth, block_seconds=1.0), progress=False)
+    assert stats.kept == stats.images == FRAMES
+    back = read_poses_csv(tmp_path)  # written, images present, valid
+    for rec, gt in zip(back, ordered_truth(data), strict=True):
+        assert position_error(rec.position, gt.position) < 1e-9
+        assert rotation_error_deg(rec.quaternion, gt.quaternion) < 1e-6
+        original = cv2.imread(str(data / gt.image))
+        assert np.array_equal(cv2.imread(str(tmp_path / rec.image)), original)  # lossless, colour order kept
+    splits = [r.split for r in back]
+    assert "test" in splits and "train" in splits
+    # Whole 1 s blocks (4 frames at 4 Hz) share a split.
+    assert all(len(set(splits[i : i + 4])) == 1 for i in range(0, FRAMES, 4))
+
+
+def test_from_bag_selects_frames_by_stride_motion_and_sharpness(recording: tuple[Path, Path], tmp_path: Path) -> None:
+    _, bag = recording
+    truth = GroundTruthSource(frames=("map", "camera_optical"))
+    _, every = bag_to_dataset(FromBagConfig(bag, tmp_path / "a", truth, every=3), progress=False)
+    assert (every.kept, every.not_every_nth) == (FRAMES // 3, FRAMES - FRAMES // 3)
+    recs, moved = bag_to_dataset(FromBagConfig(bag, tmp_path / "b", truth, min_translation=0.5), progress=False)
+    assert 1 < moved.kept < FRAMES and moved.too_little_motion == FRAMES - moved.kept
+    steps = [position_error(a.position, b.position) for a, b in itertools.pairwise(recs)]
+    assert min(steps) >= 0.5
+    # Blur: a threshold at the median sharpness keeps the sharper half, and blurring lowers sharpness.
+    data, _ = recording
+    images = [cv2.imread(str(data / r.image)) for r in ordered_truth(data)]
+    scores = [sharpness(im) for im in images]
+    threshold = float(np.median(scores))
+    recs, sharp = bag_to_dataset(FromBagConfig(bag, tmp_path / "c", truth, blur_threshold=threshold), progress=False)
+    assert sharp.blurred == sum(v < threshold for v in scores) and sharp.kept == FRAMES - sharp.blurred
+    assert all(sharpness(cv2.imread(str(tmp_path / "c" / r.image))) >= threshold for r in recs)
+    assert sharpness(cv2.GaussianBlur(images[0], (9, 9), 3.0)) < 0.3 * scores[0]
+
+
+def test_from_bag_with_no_usable_frame_is_a_one_line_error(
+    recording: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    _, bag = recording
+    code = train_main(
+        [
+            "from-bag",
+            str(bag),
+            "--out",
+            str(tmp_path),
+            "--gt-frames",
+            "map",
+            "camera_optical",
+            "--blur-threshold",
+            "1e9",
+        ]
+    )
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]  # the rest is the progress bar
+    assert code == 2 and len(errors) == 1 and "no frame kept" in errors[0] and "blurred 24" in errors[0]
+    assert "Traceback" not in err
+
+
+def test_time_blocks_put_whole_blocks_in_one_split() -> None:
+    stamps = [i * 100_000_000 for i in range(100)]  # 10 s at 10 Hz
+    splits = time_block_splits(stamps, test_fraction=0.2, block_seconds=1.0)
+    assert splits.count("test") == 20
+    for b in range(10):
+        assert len(set(splits[b * 10 : (b + 1) * 10])) == 1
+    # Shorter than five blocks: the blocks shrink so a test part still exists, contiguous.
+    short = time_block_splits([i * 10**9 for i in range(30)], test_fraction=0.2, block_seconds=20.0)
+    first, last = short.index("test"), len(short) - short[::-1].index("test")
+    assert 3 <= short.count("test") <= 9 and set(short[first:last]) == {"test"}
+    with pytest.raises(ValueError, match="test fraction"):
+        time_block_splits(stamps, 1.5, 1.0)
+
+
+def test_sfm_poses_aligned_to_ground_truth_agree_within_two_percent_and_two_degrees(tmp_path: Path) -> None:
+    """The paper's labelling: SIFT + sequential matching + incremental mapping on a video, then a
+    similarity to metric ground truth. Known poses make the check exact."""
+    cfg = SynthConfig(
+        train_sequences=1, test_sequences=0, frames_per_sequence=30, width=320, height=240, heading_spread_deg=40
+    )
+    render_dataset(cfg, tmp_path / "video", progress=False)
+    frames = tmp_path / "video" / "seq-01"
+    result = label_sfm(
+        SfmConfig(frames, tmp_path / "sfm", matcher="sequential", align_to=tmp_path / "video" / "poses.csv")
+    )
+    assert result.registered >= 0.9 * result.images
+    truth = {Path(r.image).name: r for r in read_poses_csv(tmp_path / "video")}
+    labelled = read_poses_csv(tmp_path / "sfm")
+    pos = np.array([position_error(r.position, truth[Path(r.image).name].position) for r in labelled])
+    rot = np.array([rotation_error_deg(r.quaternion, truth[Path(r.image).name].quaternion) for r in labelled])
+    extent = 10.0  # the synthetic room's largest dimension (m)
+    assert np.median(pos) < 0.02 * extent and np.median(rot) < 2.0, (np.median(pos), np.median(rot))
+    assert {r.split for r in labelled} == {"train", "test"}
+
+
+def test_alignment_by_scale_and_refusal_without_shared_frames(tmp_path: Path) -> None:
+    from posenet_ros.geometry import Pose
+
+    poses = {f"{i}.png": Pose(np.array([i, 0.0, 0.0]), np.array([1.0, 0, 0, 0])) for i in range(4)}
+    scaled, rms = align(poses, 2.5, None)
+    assert rms is None and np.allclose(scaled["3.png"].position, [7.5, 0, 0])
+    (tmp_path / "gt.csv").write_text("image,split,x,y,z,qw,qx,qy,qz\nother.png,train,0,0,0,1,0,0,0\n")
+    from posenet_train.sfm import SfmError
+
+    with pytest.raises(SfmError, match="only 0 reconstructed images"):
+        align(poses, None, tmp_path / "gt.csv")
