@@ -17,6 +17,8 @@ VERSION = re.search(r"<version>([^<]+)</version>", (HERE / "package.xml").read_t
 
 # Offline replay (posenet-ros replay): bags, plots, progress bars.
 REPLAY_EXTRAS = ["rosbags", "matplotlib", "tqdm"]
+# The onnxruntime backend (onnx only for posenet-ros export-onnx).
+ONNX_EXTRAS = ["onnx", "onnxruntime"]
 # posenet_train: synthetic-scene textures, structure from motion, and everything replay needs.
 TRAIN_EXTRAS = ["scikit-image", "pycolmap", *REPLAY_EXTRAS]
 
@@ -49,10 +51,12 @@ setup(
             "colcon-core",
             "colcon-ros",
             "colcon-python-setup-py",
+            *ONNX_EXTRAS,
             *TRAIN_EXTRAS,  # rosbags also gives the fake ROS runtime its message classes
         ],
         "bench": ["pillow"],
         "replay": REPLAY_EXTRAS,
+        "onnx": ONNX_EXTRAS,
         "train": TRAIN_EXTRAS,
     },
     zip_safe=True,

@@ -1,32 +1,45 @@
-"""Engine benchmark: our engine against a baseline built the way public PoseNet ports run inference,
-measured in the same process, on the same frames, interleaved so machine noise hits both alike.
+"""The benchmark suite (``posenet-ros bench``): every figure next to a baseline measured in the same
+run, on the same frames, with paths interleaved in rounds so machine noise hits them alike.
 
-Both start from a sensor_msgs/Image (bgr8 bytes), as the node receives it.
-Baseline (what the ports do): cv_bridge-style copy of the message into an array, copy to RGB, PIL
-resize of the shortest side to 256 (bilinear) and centre crop, ToTensor/Normalize in torch, eager
-model under ``no_grad``, quaternion normalized in NumPy.
-Ours: ``image_codec.decode_image`` (zero-copy view) and ``Engine.localize`` with a centre crop
-(OpenCV area resize of the kept region, fused normalize into a reused channels-last buffer, frozen
-TorchScript graph with oneDNN fusion).
+Cases:
+1. End to end per frame (640x480 and 1920x1080 bgr8 ``sensor_msgs/Image`` in, pose out, centre
+   crop): ours, per backend, against a baseline built the way public PoseNet ports do it:
+   cv_bridge-style copy of the message, PIL resize of the shortest side and centre crop,
+   torchvision-style ToTensor/Normalize, eager model under ``no_grad``.
+2. Preprocessing alone (conversion + resize + crop + normalize): ours against the baseline's.
+3. Dense crops: 1, 8, 32, 128 crops per frame, and the crop counts the latency budget picks at
+   50 and 100 ms.
+4. Replay throughput (frames/s) of ``posenet-ros replay`` on a generated bag.
+5. Memory: peak RSS, and RSS after 1,000 and after 10,000 frames.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import resource
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from posenet_ros.contract import Contract, Preprocessing
-from posenet_ros.engine import Engine, EngineConfig, Localization
+from posenet_ros.engine import Engine, EngineConfig
 from posenet_ros.export import export_torchscript
 from posenet_ros.image_codec import RawImage, decode_image, encode_image
 from posenet_ros.model import PoseNet
+from posenet_ros.preprocess import CpuPreprocessor
+
+SIZES = ((640, 480), (1920, 1080))
+CROP_COUNTS = (1, 8, 32, 128)
+BUDGETS_MS = (50.0, 100.0)
 
 
 def synthetic_frames(n: int, height: int = 480, width: int = 640, seed: int = 0) -> list[np.ndarray]:
@@ -54,7 +67,7 @@ class PublicPortBaseline:
         self.mean = torch.tensor(spec.mean).view(3, 1, 1)
         self.std = torch.tensor(spec.std).view(3, 1, 1)
 
-    def __call__(self, msg: RawImage) -> np.ndarray:
+    def preprocess(self, msg: RawImage) -> torch.Tensor:
         s = self.spec
         frame_bgr = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3).copy()  # cv_bridge-style
         img = self._image.fromarray(np.ascontiguousarray(frame_bgr[:, :, ::-1]))
@@ -65,119 +78,294 @@ class PublicPortBaseline:
         left, top = (w - s.input_width) // 2, (h - s.input_height) // 2
         img = img.crop((left, top, left + s.input_width, top + s.input_height))
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(255.0)
-        x = ((x - self.mean) / self.std).unsqueeze(0)
+        return ((x - self.mean) / self.std).unsqueeze(0)
+
+    def __call__(self, msg: RawImage) -> np.ndarray:
+        x = self.preprocess(msg)
         with torch.no_grad():
             out = self.model(x)[0].numpy().astype(np.float64)
         q = out[3:] / np.linalg.norm(out[3:])
         return np.concatenate([out[:3], q])
 
 
-@dataclass
-class BenchResult:
-    ours_ms: float
-    baseline_ms: float
-    ratio: float
-    ours_p95_ms: float
-    baseline_p95_ms: float
-    ours_preprocess_ms: float
-    ours_inference_ms: float
-    frames: int
-    threads: int
-    width: int
-    height: int
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p95_ms: float
+    n: int
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, float | int]:
+        return {"median_ms": self.median_ms, "p95_ms": self.p95_ms, "n": self.n}
+
+
+def time_interleaved(
+    paths: dict[str, Callable[[Any], Any]], inputs: list[Any], iterations: int, rounds: int = 6, warmup: int = 3
+) -> dict[str, Timing]:
+    """Median and p95 per path; each round runs every path over its share of iterations in turn."""
+    for fn in paths.values():
+        for x in inputs[:warmup]:
+            fn(x)
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    rounds = max(1, min(rounds, iterations))
+    per_round = max(1, iterations // rounds)
+    for r in range(rounds):
+        for name, fn in paths.items():
+            for i in range(per_round):
+                x = inputs[(r * per_round + i) % len(inputs)]
+                t = time.perf_counter()
+                fn(x)
+                samples[name].append((time.perf_counter() - t) * 1000.0)
+    return {name: Timing(float(np.median(v)), float(np.percentile(v, 95)), len(v)) for name, v in samples.items()}
+
+
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc; elsewhere the peak)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+@dataclass
+class BenchConfig:
+    model: Path | None = None  # default: a freshly exported PoseNet at the paper's 224x224 input
+    iterations: int = 60
+    threads: int = 2
+    backends: tuple[str, ...] = ("torchscript", "onnxruntime")
+    memory_frames: tuple[int, ...] = (1000, 10000)
+    replay_frames: int = 100
+    crop_iterations: int = 6
+
+
+class Bench:
+    def __init__(self, cfg: BenchConfig, workdir: Path) -> None:
+        self.cfg = cfg
+        torch.set_num_threads(cfg.threads)
+        model = cfg.model
+        if model is None:
+            torch.manual_seed(0)
+            model = export_torchscript(PoseNet(), Contract(), workdir / "posenet_224.pt")
+        self.model_paths = {"torchscript": Path(model)}
+        self.notes: list[str] = []
+        if "onnxruntime" in cfg.backends:
+            try:
+                from posenet_ros.onnx_export import export_onnx
+
+                self.model_paths["onnxruntime"] = export_onnx(model, workdir / "model.onnx")
+            except ImportError as exc:
+                self.notes.append(f"onnxruntime backend not measured: {exc}")
+        self.engines = {
+            name: Engine(path, EngineConfig(backend=name, device="cpu", threads=cfg.threads, crops=1, max_crops=128))
+            for name, path in self.model_paths.items()
+            if name in cfg.backends
+        }
+        self.spec = next(iter(self.engines.values())).contract.preprocessing
+        # Timing only: the baseline runs the same architecture eagerly (weights do not change cost).
+        self.baseline = PublicPortBaseline(self.spec, PoseNet())
+
+    def end_to_end(self, width: int, height: int) -> dict[str, Any]:
+        frames = [encode_image(f, "bgr8") for f in synthetic_frames(8, height, width)]
+        paths: dict[str, Callable[[Any], Any]] = {"baseline": self.baseline}
+        for name, engine in self.engines.items():
+            paths[name] = lambda msg, e=engine: e.localize(*decode_image(msg))
+        t = time_interleaved(paths, frames, self.cfg.iterations)
+        ours_name = min(self.engines, key=lambda n: t[n].median_ms)
+        ours, base = t[ours_name], t["baseline"]
         return {
-            **self.__dict__,
+            "ours_ms": ours.median_ms,
+            "ours_p95_ms": ours.p95_ms,
+            "ours_backend": ours_name,
+            "baseline_ms": base.median_ms,
+            "baseline_p95_ms": base.p95_ms,
+            "ratio": base.median_ms / ours.median_ms,
+            "paths": {name: timing.as_dict() for name, timing in t.items()},
+        }
+
+    def preprocessing(self, width: int = 640, height: int = 480) -> dict[str, Any]:
+        frames = [encode_image(f, "bgr8") for f in synthetic_frames(8, height, width)]
+        ours = CpuPreprocessor(self.spec)
+        paths = {"baseline": self.baseline.preprocess, "ours": lambda msg: ours(*decode_image(msg))}
+        t = time_interleaved(paths, frames, max(self.cfg.iterations, 200))
+        return {
+            "ours_ms": t["ours"].median_ms,
+            "baseline_ms": t["baseline"].median_ms,
+            "ratio": t["baseline"].median_ms / t["ours"].median_ms,
+            "paths": {name: timing.as_dict() for name, timing in t.items()},
+        }
+
+    def dense_crops(self) -> dict[str, Any]:
+        engine = self.engines.get("torchscript") or next(iter(self.engines.values()))
+        frame = synthetic_frames(1)[0]
+        per_count = {}
+        for n in CROP_COUNTS:
+            iters = max(2, self.cfg.crop_iterations if n > 8 else self.cfg.iterations // 3)
+            t = time_interleaved({"engine": lambda f, n=n: engine.localize(f, "bgr8", crops=n)}, [frame], iters, 1, 2)
+            per_count[str(n)] = t["engine"].as_dict()
+        chosen = {}
+        for budget in BUDGETS_MS:
+            e = Engine(
+                self.model_paths["torchscript"],
+                EngineConfig(device="cpu", threads=self.cfg.threads, max_crops=128, latency_budget_ms=budget),
+            )
+            results = [e.localize(frame, "bgr8") for _ in range(20)]
+            counts = Counter(r.crops for r in results)
+            chosen[f"{budget:g}"] = {
+                "crops": counts.most_common(1)[0][0],
+                "crops_seen": {str(k): v for k, v in sorted(counts.items())},
+                "median_ms": float(np.median([r.latency.total_ms for r in results])),
+                "overruns": sum(r.overrun for r in results),
+            }
+        return {"ms_per_frame": per_count, "budget_choice": chosen, "backend": engine.backend}
+
+    def replay_throughput(self, workdir: Path) -> dict[str, Any]:
+        from posenet_ros.bagio import BagWriter
+        from posenet_ros.replay import ReplayConfig, replay
+
+        bag = workdir / "bench_bag"
+        frames = synthetic_frames(8)
+        with BagWriter(bag, "sqlite3", "jazzy") as w:
+            w.add_topic("/camera/image_raw", "sensor_msgs/msg/Image")
+            for i in range(self.cfg.replay_frames):
+                stamp = (i + 1) * 100_000_000
+                w.write("/camera/image_raw", stamp, w.image(stamp, "camera", encode_image(frames[i % 8], "bgr8")))
+        out = {}
+        for name, path in self.model_paths.items():
+            cfg = ReplayConfig(
+                bag, path, device="cpu", threads=self.cfg.threads, progress=False, node_parameters={"max_crops": 1}
+            )
+            start = time.perf_counter()
+            result = replay(cfg)
+            wall = time.perf_counter() - start
+            out[name] = {
+                "frames": result.summary["frames_processed"],
+                "frames_per_s": result.summary["frames_processed"] / wall,
+                "seconds_incl_model_load": wall,
+            }
+        return out
+
+    def memory(self) -> dict[str, Any]:
+        engine = self.engines.get("torchscript") or next(iter(self.engines.values()))
+        msgs = [encode_image(f, "bgr8") for f in synthetic_frames(4)]
+        marks = sorted(self.cfg.memory_frames)
+        engine.localize(*decode_image(msgs[0]))
+        before = rss_mb()
+        out: dict[str, Any] = {"rss_after_warmup_mb": before, "backend": engine.backend}
+        done = 0
+        start = time.perf_counter()
+        for mark in marks:
+            while done < mark:
+                engine.localize(*decode_image(msgs[done % len(msgs)]))
+                done += 1
+            out[f"rss_after_{mark}_frames_mb"] = rss_mb()
+        out["peak_rss_mb"] = peak_rss_mb()
+        out["growth_mb"] = out[f"rss_after_{marks[-1]}_frames_mb"] - out[f"rss_after_{marks[0]}_frames_mb"]
+        out["seconds"] = time.perf_counter() - start
+        return out
+
+    def machine(self) -> dict[str, Any]:
+        return {
             "machine": platform.processor() or platform.machine(),
+            "cpu": _cpu_name(),
+            "cores": os.cpu_count(),
+            "threads": self.cfg.threads,
             "python": platform.python_version(),
             "torch": torch.__version__,
+            "onnxruntime": _version("onnxruntime"),
             "device": "cpu",
             "dtype": "fp32",
+            "model_input": f"{self.spec.input_width}x{self.spec.input_height}",
         }
 
 
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
-def run_engine_bench(
-    model_path: Path | None = None,
-    iterations: int = 60,
-    threads: int = 2,
-    width: int = 640,
-    height: int = 480,
-    rounds: int = 6,
-) -> BenchResult:
-    """Time both paths on the same frames; rounds alternate baseline and ours to share the noise."""
-    torch.set_num_threads(threads)
-    frames = [encode_image(f, "bgr8") for f in synthetic_frames(8, height, width)]
-    with tempfile.TemporaryDirectory() as tmp:
-        if model_path is None:
-            torch.manual_seed(0)
-            model_path = export_torchscript(PoseNet(), Contract(), Path(tmp) / "bench_model.pt")
-        engine = Engine(model_path, EngineConfig(device="cpu", threads=threads, crops=1))
-        # Timing only: the baseline runs the same architecture eagerly (its weights do not change cost).
-        baseline = PublicPortBaseline(engine.contract.preprocessing, PoseNet())
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
 
-        def ours_path(msg: RawImage) -> Localization:
-            return engine.localize(*decode_image(msg))
-
-        for frame in frames[:3]:  # warm-up both
-            baseline(frame)
-            ours_path(frame)
-        ours: list[float] = []
-        base: list[float] = []
-        pre: list[float] = []
-        inf: list[float] = []
-        per_round = max(1, iterations // rounds)
-        for r in range(rounds):
-            for i in range(per_round):
-                frame = frames[(r * per_round + i) % len(frames)]
-                t = time.perf_counter()
-                baseline(frame)
-                base.append((time.perf_counter() - t) * 1000.0)
-            for i in range(per_round):
-                frame = frames[(r * per_round + i) % len(frames)]
-                t = time.perf_counter()
-                result = ours_path(frame)
-                ours.append((time.perf_counter() - t) * 1000.0)
-                pre.append(result.latency.preprocess_ms)
-                inf.append(result.latency.inference_ms)
-    ours_ms, base_ms = float(np.median(ours)), float(np.median(base))
-    return BenchResult(
-        ours_ms=ours_ms,
-        baseline_ms=base_ms,
-        ratio=base_ms / ours_ms,
-        ours_p95_ms=_percentile(ours, 95),
-        baseline_p95_ms=_percentile(base, 95),
-        ours_preprocess_ms=float(np.median(pre)),
-        ours_inference_ms=float(np.median(inf)),
-        frames=len(ours),
-        threads=threads,
-        width=width,
-        height=height,
-    )
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
-def format_result(r: BenchResult) -> str:
+def run_suite(cfg: BenchConfig, cases: tuple[str, ...]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="posenet_bench_") as tmp:
+        bench = Bench(cfg, Path(tmp))
+        results: dict[str, Any] = {**bench.machine(), "notes": bench.notes}
+        if "e2e" in cases:
+            results["end_to_end"] = {f"{w}x{h}": bench.end_to_end(w, h) for w, h in SIZES}
+            # The headline: 640x480, as the issue and the README quote it.
+            results.update({k: results["end_to_end"]["640x480"][k] for k in ("ours_ms", "baseline_ms", "ratio")})
+        if "preprocess" in cases:
+            results["preprocess"] = bench.preprocessing()
+        if "crops" in cases:
+            results["dense_crops"] = bench.dense_crops()
+        if "replay" in cases:
+            results["replay"] = bench.replay_throughput(Path(tmp))
+        if "memory" in cases:
+            results["memory"] = bench.memory()
+    return results
+
+
+def format_results(r: dict[str, Any]) -> str:
     lines = [
-        f"engine benchmark: {r.width}x{r.height} bgr8 Image message in, pose out, centre crop, "
-        f"{r.threads} threads, torch {torch.__version__}, cpu fp32, {r.frames} frames each",
-        f"  {'path':<28}{'median ms':>10}{'p95 ms':>10}",
-        f"  {'baseline (PIL + eager)':<28}{r.baseline_ms:>10.2f}{r.baseline_p95_ms:>10.2f}",
-        f"  {'ours (engine)':<28}{r.ours_ms:>10.2f}{r.ours_p95_ms:>10.2f}",
-        f"    preprocess {r.ours_preprocess_ms:.2f} ms, inference {r.ours_inference_ms:.2f} ms",
-        f"  speed-up (baseline / ours): {r.ratio:.2f}x",
+        f"posenet_ros benchmark: {r['cpu']} ({r['cores']} cores), {r['threads']} threads, torch {r['torch']}, "
+        f"onnxruntime {r['onnxruntime']}, {r['device']} {r['dtype']}, model input {r['model_input']}"
     ]
+    for size, e in r.get("end_to_end", {}).items():
+        lines.append(f"1. end to end, {size} bgr8 Image -> pose, centre crop        median ms    p95 ms")
+        for name, t in e["paths"].items():
+            label = "baseline (copy, PIL, eager no_grad)" if name == "baseline" else f"ours ({name})"
+            lines.append(f"   {label:<56}{t['median_ms']:>9.2f}{t['p95_ms']:>10.2f}")
+        lines.append(f"   speed-up baseline / ours ({e['ours_backend']}): {e['ratio']:.2f}x")
+    if "preprocess" in r:
+        p = r["preprocess"]
+        lines.append(
+            f"2. preprocessing 640x480: baseline {p['baseline_ms']:.3f} ms, ours {p['ours_ms']:.3f} ms, "
+            f"{p['ratio']:.1f}x"
+        )
+    if "dense_crops" in r:
+        d = r["dense_crops"]
+        per = ", ".join(f"{n}: {t['median_ms']:.1f}" for n, t in d["ms_per_frame"].items())
+        lines.append(f"3. dense crops, ms per frame ({d['backend']}): {per}")
+        for budget, c in d["budget_choice"].items():
+            lines.append(
+                f"   budget {budget} ms -> {c['crops']} crops ({c['median_ms']:.1f} ms median, "
+                f"{c['overruns']} overruns in 20 frames)"
+            )
+    if "replay" in r:
+        per = ", ".join(f"{name} {v['frames_per_s']:.1f}" for name, v in r["replay"].items())
+        lines.append(f"4. replay throughput, frames/s incl. model load: {per}")
+    if "memory" in r:
+        m = r["memory"]
+        marks = [k for k in m if k.startswith("rss_after_") and k.endswith("_frames_mb")]
+        after = ", ".join(f"{k[len('rss_after_') : -len('_frames_mb')]} frames {m[k]:.0f} MB" for k in marks)
+        lines.append(
+            f"5. memory: after warm-up {m['rss_after_warmup_mb']:.0f} MB, {after}, "
+            f"growth {m['growth_mb']:+.1f} MB, peak {m['peak_rss_mb']:.0f} MB"
+        )
+    lines.extend(f"note: {n}" for n in r.get("notes", []))
     return "\n".join(lines)
 
 
-def main_bench(model: Path | None, iterations: int, threads: int, json_path: Path | None) -> int:
-    result = run_engine_bench(model, iterations=iterations, threads=threads)
-    print(format_result(result))
+def main_bench(cfg: BenchConfig, cases: tuple[str, ...], json_path: Path | None) -> int:
+    results = run_suite(cfg, cases)
+    print(format_results(results))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result.as_dict(), indent=2))
+        json_path.write_text(json.dumps(results, indent=2))
         print(f"wrote {json_path}")
     return 0

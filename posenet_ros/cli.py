@@ -23,14 +23,29 @@ REPLAY_NODE_PARAMETERS = (
 )
 
 
+BENCH_CASES = ("e2e", "preprocess", "crops", "replay", "memory")
+
+
 class UsageError(ValueError):
     """Options that contradict each other."""
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from posenet_ros.bench import main_bench
+    from posenet_ros.bench import BenchConfig, main_bench
 
-    return main_bench(args.model, args.iterations, args.threads, args.json)
+    cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
+    unknown = set(cases) - set(BENCH_CASES)
+    if unknown or not cases:
+        raise UsageError(f"unknown bench case(s) {sorted(unknown)}; use a comma list of {', '.join(BENCH_CASES)}")
+    try:
+        marks = tuple(int(v) for v in args.memory_frames.split(","))
+    except ValueError:
+        raise UsageError(f"--memory-frames must be a comma list of integers, got {args.memory_frames!r}") from None
+    if args.iterations < 1 or args.threads < 1 or min(marks) < 1 or args.replay_frames < 1:
+        raise UsageError("--iterations, --threads, --memory-frames and --replay-frames must be >= 1")
+    backends = tuple(b.strip() for b in args.backends.split(","))
+    cfg = BenchConfig(args.model, args.iterations, args.threads, backends, marks, args.replay_frames)
+    return main_bench(cfg, cases, args.json)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -72,6 +87,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from posenet_ros.onnx_export import export_onnx
+
+    print(f"wrote {export_onnx(args.model, args.out)}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from posenet_ros.engine import load_model
 
@@ -85,10 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"posenet_ros {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    bench = sub.add_parser("bench", help="time the engine against a public-port baseline in one run")
-    bench.add_argument("--model", type=Path, help="TorchScript model (default: a freshly exported PoseNet)")
+    bench = sub.add_parser("bench", help="the benchmark suite, every figure against a baseline of the same run")
+    bench.add_argument("--model", type=Path, help="TorchScript model (default: a fresh PoseNet at 224x224)")
     bench.add_argument("--iterations", type=int, default=60, help="timed frames per path (default 60)")
-    bench.add_argument("--threads", type=int, default=2, help="torch intra-op threads for both paths (default 2)")
+    bench.add_argument("--threads", type=int, default=2, help="intra-op threads for every path (default 2)")
+    bench.add_argument("--cases", default=",".join(BENCH_CASES), help=f"comma list of {', '.join(BENCH_CASES)}")
+    bench.add_argument("--backends", default="torchscript,onnxruntime", help="engine backends to time")
+    bench.add_argument("--memory-frames", default="1000,10000", help="frame counts at which RSS is read")
+    bench.add_argument("--replay-frames", type=int, default=100, help="frames in the generated replay bag")
     bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     bench.set_defaults(func=_cmd_bench)
 
@@ -114,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         rp.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"node parameter: {spec.description}")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
     rp.set_defaults(func=_cmd_replay)
+
+    onnx = sub.add_parser("export-onnx", help="convert a TorchScript model to ONNX for the onnxruntime backend")
+    onnx.add_argument("model", type=Path, help="TorchScript .pt with its contract")
+    onnx.add_argument("out", type=Path, help="output .onnx (the contract goes into its metadata)")
+    onnx.set_defaults(func=_cmd_export_onnx)
 
     info = sub.add_parser("info", help="print the contract embedded in a model file")
     info.add_argument("model", type=Path)

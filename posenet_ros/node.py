@@ -112,6 +112,7 @@ class RelocalizerNode(Node):
         s = self.settings
         model_path = resolve_model_path(s.model_path, _share_dir())
         config = EngineConfig(
+            backend=s.backend,
             device=s.device,
             precision=s.precision,
             threads=s.threads or None,

@@ -44,6 +44,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "TorchScript model; absolute or relative to the package share dir",
         read_only=True,
     ),
+    ParamSpec(
+        "backend",
+        "auto",
+        "torchscript, or onnxruntime for a .onnx model (CPU); auto: by the file name",
+        read_only=True,
+        choices=("auto", "torchscript", "onnxruntime"),
+    ),
     ParamSpec("device", "auto", f"inference device: {DEVICES_HELP}", read_only=True),
     ParamSpec("precision", "fp32", "fp32, or fp16/bf16 on CUDA", read_only=True, choices=("fp32", "fp16", "bf16")),
     ParamSpec("threads", 0, "CPU inference threads (0: torch default)", read_only=True, range=(0, 256)),

@@ -357,15 +357,39 @@ def write_report(result: ReplayResult, out: Path) -> Path:
     return write_index_html(out, title, format_summary(summary), plots)
 
 
+FRAMES_CSV_COLUMNS = [
+    "stamp_ns",
+    "status",
+    "x",
+    "y",
+    "z",
+    "qw",
+    "qx",
+    "qy",
+    "qz",
+    "crops",
+    "latency_ms",
+    "gt_x",
+    "gt_y",
+    "gt_z",
+    "gt_qw",
+    "gt_qx",
+    "gt_qy",
+    "gt_qz",
+    "reason",
+]
+
+
+def _pose_cells(pose: Pose | None) -> list[str]:
+    """Position and quaternion (w, x, y, z) at full precision, or empty cells."""
+    return [repr(float(v)) for v in (*pose.position, *pose.quaternion)] if pose else [""] * 7
+
+
 def _write_frames_csv(records: list[FrameRecord], path: Path) -> None:
     """Every image message: stamp, status, estimate, crops, latency, ground truth where known."""
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["stamp_ns", "status", "x", "y", "z", "qw", "qx", "qy", "qz", "crops", "latency_ms",
-                    "gt_x", "gt_y", "gt_z", "gt_qw", "gt_qx", "gt_qy", "gt_qz", "reason"])  # fmt: skip
+        w.writerow(FRAMES_CSV_COLUMNS)
         for r in records:
-            est = [*r.pose.position, *r.pose.quaternion] if r.pose else [""] * 7
-            gt = [*r.truth.position, *r.truth.quaternion] if r.truth else [""] * 7
-            lat = f"{r.latency_ms:.3f}" if r.pose else ""
-            w.writerow([r.stamp_ns, r.status, *(repr(float(v)) if v != "" else v for v in est), r.crops or "", lat,
-                        *(repr(float(v)) if v != "" else v for v in gt), r.reason])  # fmt: skip
+            crops, latency = (r.crops, f"{r.latency_ms:.3f}") if r.pose else ("", "")
+            w.writerow([r.stamp_ns, r.status, *_pose_cells(r.pose), crops, latency, *_pose_cells(r.truth), r.reason])

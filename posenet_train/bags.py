@@ -55,8 +55,11 @@ def dataset_to_bag(cfg: ToBagConfig) -> int:
     period_ns = round(1e9 / cfg.rate_hz)
     image_topic = f"{cfg.image_topic}/compressed" if cfg.compressed else cfg.image_topic
     with BagWriter(cfg.out, cfg.storage, cfg.ros_distro) as w:
-        w.add_topic(image_topic, "sensor_msgs/msg/CompressedImage" if cfg.compressed else "sensor_msgs/msg/Image",
-                    TopicQos(reliable=False, depth=5))  # fmt: skip
+        w.add_topic(
+            image_topic,
+            "sensor_msgs/msg/CompressedImage" if cfg.compressed else "sensor_msgs/msg/Image",
+            TopicQos(reliable=False, depth=5),
+        )
         w.add_topic("/tf", "tf2_msgs/msg/TFMessage", TopicQos(depth=100))
         w.add_topic("/tf_static", "tf2_msgs/msg/TFMessage", TopicQos(transient_local=True, depth=1))
         w.add_topic(cfg.gt_topic, "geometry_msgs/msg/PoseStamped")

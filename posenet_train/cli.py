@@ -207,8 +207,18 @@ def _run_from_bag(args: argparse.Namespace) -> None:
     if bool(args.gt_topic) == bool(args.gt_frames):
         raise ValueError("give exactly one of --gt-topic or --gt-frames")
     truth = GroundTruthSource(args.gt_topic, tuple(args.gt_frames) if args.gt_frames else None, args.gt_max_gap)
-    cfg = FromBagConfig(Path(args.bag), Path(args.out), truth, args.image_topic, args.every, args.min_translation,
-                        args.min_rotation, args.blur_threshold, args.test_fraction, args.block_seconds)  # fmt: skip
+    cfg = FromBagConfig(
+        Path(args.bag),
+        Path(args.out),
+        truth,
+        args.image_topic,
+        args.every,
+        args.min_translation,
+        args.min_rotation,
+        args.blur_threshold,
+        args.test_fraction,
+        args.block_seconds,
+    )
     records, stats = bag_to_dataset(cfg)
     tests = sum(r.split == "test" for r in records)
     print(f"{stats.line()}")
@@ -220,9 +230,18 @@ def _run_from_bag(args: argparse.Namespace) -> None:
 def _run_label_sfm(args: argparse.Namespace) -> None:
     from posenet_train.sfm import SfmConfig, label_sfm
 
-    cfg = SfmConfig(Path(args.source), Path(args.out), args.image_topic, args.every, args.matcher, args.camera_model,
-                    args.scale, Path(args.align_to) if args.align_to else None, args.test_fraction,
-                    args.block_frames)  # fmt: skip
+    cfg = SfmConfig(
+        Path(args.source),
+        Path(args.out),
+        args.image_topic,
+        args.every,
+        args.matcher,
+        args.camera_model,
+        args.scale,
+        Path(args.align_to) if args.align_to else None,
+        args.test_fraction,
+        args.block_frames,
+    )
     result = label_sfm(cfg)
     line = f"registered {result.registered} of {result.images} images"
     if result.alignment_rms_m is not None:

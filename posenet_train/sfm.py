@@ -105,8 +105,14 @@ def run_colmap(cfg: SfmConfig, video: bool) -> dict[str, Pose]:
     reader.camera_model = cfg.camera_model
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.num_threads = cfg.threads
-    pycolmap.extract_features(database, images, camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
-                              extraction_options=extraction, device=pycolmap.Device.cpu)  # fmt: skip
+    pycolmap.extract_features(
+        database,
+        images,
+        camera_mode=pycolmap.CameraMode.SINGLE,
+        reader_options=reader,
+        extraction_options=extraction,
+        device=pycolmap.Device.cpu,
+    )
     matcher = cfg.matcher if cfg.matcher != "auto" else ("sequential" if video else "exhaustive")
     if matcher == "sequential":
         pycolmap.match_sequential(database, device=pycolmap.Device.cpu)

@@ -5,24 +5,32 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posenet_ros.bench import run_engine_bench
 from posenet_ros.cli import main
 
 
-def test_bench_reports_both_paths_and_their_ratio(tiny_file, tmp_path: Path, capsys) -> None:
+def test_bench_suite_writes_every_case_with_baselines(tiny_file, tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
-    assert main(["bench", "--model", str(tiny_file[0]), "--iterations", "4", "--json", str(out)]) == 0
+    args = ["bench", "--model", str(tiny_file[0]), "--iterations", "4", "--memory-frames", "5,10"]
+    assert main([*args, "--replay-frames", "6", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "baseline (PIL + eager)" in printed and "speed-up" in printed
+    for text in ("baseline (copy, PIL, eager no_grad)", "speed-up", "preprocessing", "dense crops", "replay", "memory"):
+        assert text in printed
     data = json.loads(out.read_text())
     assert data["ours_ms"] > 0 and data["baseline_ms"] > 0
     assert abs(data["ratio"] - data["baseline_ms"] / data["ours_ms"]) < 1e-9
-    assert data["torch"] and data["threads"] == 2 and data["device"] == "cpu"
+    assert set(data["end_to_end"]) == {"640x480", "1920x1080"}
+    assert data["end_to_end"]["640x480"]["ours_ms"] == data["ours_ms"]
+    assert {"torchscript", "onnxruntime", "baseline"} <= set(data["end_to_end"]["640x480"]["paths"])
+    assert data["preprocess"]["ratio"] > 0 and set(data["dense_crops"]["ms_per_frame"]) == {"1", "8", "32", "128"}
+    assert set(data["dense_crops"]["budget_choice"]) == {"50", "100"}
+    assert data["replay"]["torchscript"]["frames"] == 6 and data["replay"]["torchscript"]["frames_per_s"] > 0
+    assert data["memory"]["rss_after_10_frames_mb"] > 0 and data["memory"]["peak_rss_mb"] > 0
+    assert data["torch"] and data["threads"] == 2 and data["device"] == "cpu" and data["dtype"] == "fp32"
 
 
-def test_bench_default_model_is_a_real_posenet() -> None:
-    result = run_engine_bench(None, iterations=2, rounds=1)
-    assert result.frames == 2 and result.ours_inference_ms > result.ours_preprocess_ms
+def test_bench_refuses_unknown_cases(capsys) -> None:
+    assert main(["bench", "--cases", "e2e,warp"]) == 2
+    assert "unknown bench case" in capsys.readouterr().err
 
 
 def test_info_prints_the_contract(tiny_file, capsys) -> None:

@@ -546,3 +546,15 @@ def test_real_cv_bridge_matches_builtin_where_installed() -> None:
         a = bridge.imgmsg_to_cv2(msg, "passthrough")
         b, _ = decode(msg)
         np.testing.assert_array_equal(np.asarray(a).reshape(b.shape), b)
+
+
+def test_backend_parameter_runs_an_onnx_model(ros: Any, tiny_file: tuple[Path, Any], tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from posenet_ros.onnx_export import export_onnx
+
+    onnx_model = export_onnx(tiny_file[0], tmp_path / "tiny.onnx")
+    node = make_node(ros, onnx_model)  # backend auto: by the file name
+    assert node.engine.backend == "onnxruntime"
+    assert node.process(_frame(image_msg(1))) is True
+    with pytest.raises(Exception, match="backend onnxruntime cannot load"):
+        make_node(ros, tiny_file[0], backend="onnxruntime")
