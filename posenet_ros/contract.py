@@ -65,12 +65,25 @@ class SceneInfo:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Fitted on held-out frames by ``posenet-train calibrate`` for one uncertainty mode: variance
+    factors for the position and orientation blocks of the predicted covariance, and the median
+    calibrated position std there (the scale of the normalized uncertainty score)."""
+
+    position_scale: float = 1.0
+    orientation_scale: float = 1.0
+    reference_position_std: float = 1.0  # metres
+    frames: int = 0
+
+
+@dataclass(frozen=True)
 class Contract:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     output: OutputSpec = field(default_factory=OutputSpec)
     scene: SceneInfo = field(default_factory=SceneInfo)
     camera_convention: str = CAMERA_CONVENTION
     uncertainty_modes: tuple[str, ...] = ("fixed", "crops")
+    calibration: dict[str, Calibration] = field(default_factory=dict)  # per uncertainty mode
     training: dict[str, Any] = field(default_factory=dict)
     code_version: str = ""
     version: int = CONTRACT_VERSION
@@ -132,16 +145,38 @@ class Contract:
         training = data.get("training")
         if not isinstance(training, dict):
             raise ContractError("contract field 'training' must be an object")
+        calibration = _calibration(data.get("calibration", {}), tuple(modes))
         return Contract(
             preprocessing=preprocessing,
             output=output,
             scene=scene_info,
             camera_convention=_choice(data, "camera_convention", (CAMERA_CONVENTION,)),
             uncertainty_modes=tuple(modes),
+            calibration=calibration,
             training=training,
             code_version=_str(data, "code_version", allow_empty=True),
             version=version,
         )
+
+
+def _calibration(data: Any, modes: tuple[str, ...]) -> dict[str, Calibration]:
+    """Optional (files from before calibration existed have none)."""
+    if not isinstance(data, dict):
+        raise ContractError("contract field 'calibration' must be an object")
+    out = {}
+    for mode, entry in data.items():
+        where = f"calibration.{mode}"
+        if mode not in modes:
+            raise ContractError(f"contract field '{where}': mode not in uncertainty_modes {modes}")
+        if not isinstance(entry, dict):
+            raise ContractError(f"contract field '{where}' must be an object")
+        out[mode] = Calibration(
+            position_scale=_floats(entry, "position_scale", None, where, positive=True)[0],
+            orientation_scale=_floats(entry, "orientation_scale", None, where, positive=True)[0],
+            reference_position_std=_floats(entry, "reference_position_std", None, where, positive=True)[0],
+            frames=_int(entry, "frames", minimum=0, where=where),
+        )
+    return out
 
 
 def _name(where: str, key: str) -> str:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from posenet_ros.contract import EXTRA_FILE_NAME, Contract, ContractError
+from posenet_ros.contract import EXTRA_FILE_NAME, UNCERTAINTY_MODES, Calibration, Contract, ContractError
 from posenet_ros.geometry import Pose, quat_average, quat_conjugate, quat_multiply, quat_to_rotation_vector, quat_unit
 from posenet_ros.preprocess import CpuPreprocessor, InputError, TorchPreprocessor
 
@@ -65,6 +65,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
 
 BACKENDS = ("auto", "torchscript", "onnxruntime")
 CPU_CHUNK = 16  # crops per forward pass on the CPU
+MAX_MC_SAMPLES = 1024
 ONNX_SUFFIX = ".onnx"
 
 
@@ -157,15 +158,25 @@ class Latency:
 
 @dataclass(frozen=True)
 class Localization:
-    """One frame's result. ``covariance`` is 6x6 in ROS order (x, y, z, rotX, rotY, rotZ), from
-    the spread of the crops (rotations as rotation vectors about the map axes, around the mean);
-    None when a single crop ran and there is no spread to measure."""
+    """One frame's result. ``covariance`` is 6x6 in ROS order (x, y, z, rotX, rotY, rotZ), the
+    sample covariance of the crops (``crops`` mode) or of the Monte Carlo dropout samples
+    (``mc_dropout``), rotations as rotation vectors about the map axes around the mean, scaled by the
+    model's calibration for that mode; None in ``fixed`` mode or when one crop gives no spread."""
 
     pose: Pose
     covariance: np.ndarray | None
     crops: int
     latency: Latency
     overrun: bool
+    samples: int = 0  # Monte Carlo dropout samples (0: not in mc_dropout mode)
+    uncertainty_score: float | None = None  # position std / the calibration's reference std
+
+    @property
+    def position_std(self) -> float | None:
+        """RMS of the three position standard deviations (metres), from the covariance."""
+        if self.covariance is None:
+            return None
+        return float(np.sqrt(max(np.trace(self.covariance[:3, :3]), 0.0) / 3.0))
 
 
 class CropBudget:
@@ -175,9 +186,9 @@ class CropBudget:
     warm-up; drift is a running ratio of measured to predicted time, so the choice follows the
     machine's real speed (thermal throttling, other load) as frames are processed."""
 
-    def __init__(self, budget_ms: float | None, max_crops: int, ema: float = 0.2) -> None:
-        if max_crops < 1:
-            raise ValueError(f"max_crops must be >= 1, got {max_crops}")
+    def __init__(self, budget_ms: float | None, max_crops: int, ema: float = 0.2, minimum: int = 1) -> None:
+        if max_crops < minimum:
+            raise ValueError(f"max_crops must be >= {minimum}, got {max_crops}")
         if budget_ms is not None and not budget_ms > 0:
             raise ValueError(f"latency budget must be > 0 ms, got {budget_ms}")
         self.budget_ms = budget_ms
@@ -187,7 +198,9 @@ class CropBudget:
         self.per_crop_ms = 0.0
         self.drift = 1.0
         # Powers of two keep batch shapes few (the JIT and CUDA graphs specialize per shape).
-        self.candidates = sorted({1 << k for k in range(max_crops.bit_length()) if 1 << k <= max_crops} | {max_crops})
+        self.candidates = sorted(
+            {1 << k for k in range(max_crops.bit_length()) if minimum <= 1 << k <= max_crops} | {max_crops}
+        )
 
     def calibrate(self, samples: dict[int, float]) -> None:
         """Fit fixed + per_crop * n to measured {crops: ms}; one sample means all cost is per crop."""
@@ -206,9 +219,9 @@ class CropBudget:
 
     def choose(self) -> int:
         if self.budget_ms is None:
-            return 1
+            return self.candidates[0]
         fitting = [n for n in self.candidates if self.predict_ms(n) <= self.budget_ms]
-        return fitting[-1] if fitting else 1
+        return fitting[-1] if fitting else self.candidates[0]
 
     def observe(self, n: int, measured_ms: float) -> None:
         base = self.fixed_ms + self.per_crop_ms * n
@@ -225,6 +238,8 @@ class EngineConfig:
     crops: int = 1  # crops per frame when no latency budget is set
     max_crops: int = 128
     latency_budget_ms: float | None = None
+    uncertainty: str = "crops"  # fixed | crops | mc_dropout (the model must list the mode)
+    mc_samples: int = 40  # dropout samples per frame; under a budget, the most it may pick
     warmup_iters: int = 5  # the profiling JIT specializes and fuses after a couple of runs
 
 
@@ -270,12 +285,31 @@ class Engine:
             self.module.eval()
             if self.dtype != torch.float32:
                 cast_frozen_constants(self.module, self.dtype)
+        if config.uncertainty not in UNCERTAINTY_MODES:
+            raise EngineError(
+                f"unknown uncertainty mode {config.uncertainty!r}; use one of {', '.join(UNCERTAINTY_MODES)}"
+            )
+        if config.uncertainty not in self.contract.uncertainty_modes:
+            hint = "; export it with --mc-dropout (TorchScript)" if config.uncertainty == "mc_dropout" else ""
+            raise EngineError(
+                f"model supports uncertainty modes {', '.join(self.contract.uncertainty_modes)}, "
+                f"not {config.uncertainty}{hint}"
+            )
+        self.mc = config.uncertainty == "mc_dropout"
+        if self.mc and not 2 <= config.mc_samples <= MAX_MC_SAMPLES:
+            raise EngineError(f"mc_samples must be in 2..{MAX_MC_SAMPLES}, got {config.mc_samples}")
+        self.calibration = self.contract.calibration.get(config.uncertainty)
         spec = self.contract.preprocessing
         self.preprocess = (
             TorchPreprocessor(spec, self.device, self.dtype) if self.device.type == "cuda" else CpuPreprocessor(spec)
         )
         try:
-            self.budget = CropBudget(config.latency_budget_ms, config.max_crops)
+            # The budget picks the crop count, or in mc_dropout mode the sample count.
+            self.budget = (
+                CropBudget(config.latency_budget_ms, config.mc_samples, minimum=2)  # a spread needs two
+                if self.mc
+                else CropBudget(config.latency_budget_ms, config.max_crops)
+            )
         except ValueError as exc:
             raise EngineError(str(exc)) from None
         self.stats = EngineStats()
@@ -288,6 +322,15 @@ class Engine:
         self.budget.budget_ms = budget_ms
 
     # -- running the network -------------------------------------------------------------------
+
+    def _forward_mc(self, batch: torch.Tensor, samples: int) -> np.ndarray:
+        """(len(batch) * samples) x 7 dropout samples from the model's exported sampling method."""
+        with torch.inference_mode():
+            raw = self.module.mc_dropout(batch, samples)
+        return raw.float().cpu().numpy().astype(np.float64)
+
+    def _run(self, batch: torch.Tensor, count: int) -> np.ndarray:
+        return self._forward_mc(batch, count) if self.mc else self._forward(batch)
 
     def _forward(self, batch: torch.Tensor) -> np.ndarray:
         """N x 7 float64 network outputs. On the CPU, large crop batches run in chunks: past a
@@ -307,22 +350,25 @@ class Engine:
         return raw.float().cpu().numpy().astype(np.float64)
 
     def _warm_up(self) -> None:
-        """Run the graph until the JIT has specialized it, then calibrate the crop budget."""
+        """Run the graph until the JIT has specialized it, then calibrate the budget's cost model
+        (per crop, or per dropout sample in mc_dropout mode)."""
         spec = self.contract.preprocessing
         rng = np.random.default_rng(0)
         frame = rng.integers(0, 256, (spec.resize_shortest_side, spec.resize_shortest_side * 4 // 3, 3), dtype=np.uint8)
+        first = self.config.mc_samples if self.mc and self.budget.budget_ms is None else self.budget.candidates[0]
         for _ in range(max(1, self.config.warmup_iters)):
-            self._forward(self.preprocess(frame, "rgb8", 1))
-        samples = {1: self._time_frame(frame, 1)}
-        if self.budget.budget_ms is not None and self.config.max_crops > 1:
-            n = min(self.config.max_crops, 8)
-            self._forward(self.preprocess(frame, "rgb8", n))  # let the JIT specialize this shape first
+            self._time_frame(frame, first)
+        samples = {first: self._time_frame(frame, first)}
+        if self.budget.budget_ms is not None and self.budget.max_crops > 1:
+            n = min(self.budget.max_crops, 8)
+            self._time_frame(frame, n)  # let the JIT specialize this shape first
             samples[n] = self._time_frame(frame, n)
         self.budget.calibrate(samples)
 
     def _time_frame(self, frame: np.ndarray, n: int) -> float:
+        """ms for one frame with ``n`` crops (or ``n`` dropout samples of the centre crop)."""
         start = time.perf_counter()
-        self._forward(self.preprocess(frame, "rgb8", n))
+        self._run(self.preprocess(frame, "rgb8", 1 if self.mc else n), n)
         return (time.perf_counter() - start) * 1000.0
 
     # -- public API ----------------------------------------------------------------------------
@@ -331,34 +377,43 @@ class Engine:
         """Pose of the camera that took ``image`` (HxWxC uint8 in ``encoding``).
 
         ``crops`` forces a crop count; otherwise the latency budget picks it (or ``config.crops``
-        when no budget is set). Raises ImageError for unusable frames and NonFiniteOutputError when
-        the network output is not finite."""
-        if crops is None:
-            crops = self.budget.choose() if self.budget.budget_ms is not None else self.config.crops
-        if not 1 <= crops <= self.config.max_crops:
-            raise EngineError(f"crop count must be in 1..{self.config.max_crops}, got {crops}")
+        when no budget is set). In mc_dropout mode the centre crop is sampled ``mc_samples`` times
+        (or as many as the budget allows). Raises ImageError for unusable frames and
+        NonFiniteOutputError when the network output is not finite."""
+        if self.mc:
+            samples = self.budget.choose() if self.budget.budget_ms is not None else self.config.mc_samples
+            crops, count = 1, samples
+        else:
+            if crops is None:
+                crops = self.budget.choose() if self.budget.budget_ms is not None else self.config.crops
+            if not 1 <= crops <= self.config.max_crops:
+                raise EngineError(f"crop count must be in 1..{self.config.max_crops}, got {crops}")
+            samples, count = 0, crops
         t0 = time.perf_counter()
         try:
             batch = self.preprocess(image, encoding, crops)
         except InputError as exc:
             raise ImageError(str(exc)) from None
         t1 = time.perf_counter()
-        raw = self._forward(batch)
+        raw = self._run(batch, count)
         t2 = time.perf_counter()
         self.stats.frames += 1
         if not np.all(np.isfinite(raw)):
             self.stats.non_finite += 1
-            raise NonFiniteOutputError(f"network output is not finite ({crops} crop(s)); frame dropped")
+            raise NonFiniteOutputError(f"network output is not finite ({len(raw)} sample(s)); frame dropped")
         pose, covariance = self._decode(raw)
         t3 = time.perf_counter()
         total_ms = (t3 - t0) * 1000.0
-        self.budget.observe(crops, total_ms)
+        self.budget.observe(count, total_ms)
         budget = self.budget.budget_ms
         overrun = budget is not None and total_ms > budget
         self.stats.overruns += int(overrun)
         self.stats.crops_histogram[crops] = self.stats.crops_histogram.get(crops, 0) + 1
         latency = Latency((t1 - t0) * 1000.0, (t2 - t1) * 1000.0, total_ms)
-        return Localization(pose, covariance, crops, latency, overrun)
+        loc = Localization(pose, covariance, crops, latency, overrun, samples)
+        if self.calibration is not None and covariance is not None:
+            loc = replace(loc, uncertainty_score=loc.position_std / self.calibration.reference_position_std)
+        return loc
 
     def _decode(self, raw: np.ndarray) -> tuple[Pose, np.ndarray | None]:
         positions = self.contract.output.positions(raw[:, :3])
@@ -371,7 +426,17 @@ class Engine:
             return Pose(positions[0], quats[0]), None
         mean_q = quat_average(quats)
         pose = Pose(positions.mean(axis=0), mean_q)
-        return pose, spread_covariance(positions, quats, mean_q)
+        if self.config.uncertainty == "fixed":
+            return pose, None
+        cov = spread_covariance(positions, quats, mean_q)
+        return pose, cov if self.calibration is None else calibrated(cov, self.calibration)
+
+
+def calibrated(cov: np.ndarray, cal: Calibration) -> np.ndarray:
+    """Scale the position block by ``position_scale``, the orientation block by
+    ``orientation_scale`` and the cross terms by the geometric mean (stays positive semi-definite)."""
+    scale = np.sqrt(np.array([cal.position_scale] * 3 + [cal.orientation_scale] * 3))
+    return cov * np.outer(scale, scale)
 
 
 def spread_covariance(positions: np.ndarray, quats: np.ndarray, mean_q: np.ndarray) -> np.ndarray:

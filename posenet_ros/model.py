@@ -112,8 +112,10 @@ def normalize_pose_output(pose: Tensor) -> Tensor:
 
 
 class PoseNet(nn.Module):
-    # Methods besides forward that survive freezing in the exported file (see posenet_ros.export).
+    # Methods besides forward that survive freezing in the exported file (see posenet_ros.export);
+    # mc_dropout only when the export asks for it.
     EXPORTED_METHODS = ("features",)
+    MC_DROPOUT_METHOD = "mc_dropout"
 
     def __init__(self, cfg: PoseNetConfig | None = None) -> None:
         super().__init__()
@@ -172,6 +174,15 @@ class PoseNet(nn.Module):
         with the TorchScript file so evaluation can run the paper's baseline on the shipped model."""
         x = self.backbone_4d_to_5b(self.backbone_4a_to_4d(self.backbone_to_4a(x)))
         return self.pose_final.features(x)
+
+    @torch.jit.export
+    def mc_dropout(self, x: Tensor, samples: int) -> Tensor:
+        """Monte Carlo dropout (Bayesian PoseNet): ``samples`` poses per image with the final head's
+        dropout active, rows image-major ((B * samples, 7)). Dropout sits only behind the backbone,
+        so the backbone runs once per image and only the small head runs per sample."""
+        f = self.features(x).repeat_interleave(samples, dim=0)
+        f = F.dropout(f, p=self.pose_final.dropout.p, training=True)
+        return normalize_pose_output(torch.cat([self.pose_final.xyz(f), self.pose_final.wxyz(f)], 1))
 
     def forward(self, x: Tensor) -> Tensor:
         x4a = self.backbone_to_4a(x)

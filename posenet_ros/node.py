@@ -30,6 +30,7 @@ from posenet_ros.image_codec import ImageDecodeError, decode
 from posenet_ros.relocalizer import (
     DROPPED_STALE,
     PARAMETERS,
+    PUBLISHED,
     Frame,
     LatestFrameSlot,
     NodeSettings,
@@ -119,6 +120,8 @@ class RelocalizerNode(Node):
             crops=s.crops,
             max_crops=s.max_crops,
             latency_budget_ms=s.latency_budget_ms or None,
+            uncertainty=s.uncertainty,
+            mc_samples=s.mc_samples,
         )
         self.engine = Engine(model_path, config)  # EngineError: main() logs it and exits non-zero
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -179,7 +182,7 @@ class RelocalizerNode(Node):
         """Localize one frame and publish; False when it was dropped (counted and logged)."""
         now_ns = self.get_clock().now().nanoseconds
         outcome = localize_frame(self.engine, self.settings, self.converter.decode, frame, now_ns, self.stats)
-        if outcome.loc is None:
+        if outcome.status != PUBLISHED:
             log = self.get_logger()
             report = log.warning if outcome.status == DROPPED_STALE else log.error
             report(outcome.reason, throttle_duration_sec=THROTTLE_S)

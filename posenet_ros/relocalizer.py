@@ -69,6 +69,22 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "max_frame_age_ms", 500.0, "drop frames older than this when their turn comes; 0: never", range=(0.0, 60000.0)
     ),
+    ParamSpec(
+        "uncertainty",
+        "crops",
+        "covariance source: fixed (the variances below), crops (their spread), mc_dropout (Monte Carlo dropout)",
+        read_only=True,
+        choices=("fixed", "crops", "mc_dropout"),
+    ),
+    ParamSpec(
+        "mc_samples", 40, "dropout samples per frame (mc_dropout); under a budget, the most it picks", True, (2, 1024)
+    ),
+    ParamSpec(
+        "max_position_std",
+        0.0,
+        "poses whose position std (m, RMS over x, y, z) is above this are not published; 0: publish all",
+        range=(0.0, 1e6),
+    ),
     ParamSpec("position_variance", 0.25, "m^2 per axis when a single crop gives no spread", range=(1e-9, 1e6)),
     ParamSpec("orientation_variance", 0.03, "rad^2 per axis when a single crop gives no spread", range=(1e-9, 1e3)),
     ParamSpec("min_variance", 1e-6, "floor on every variance from the crop spread", range=(1e-12, 1e3)),
@@ -238,7 +254,13 @@ def localize_frame(
         stats.count(NON_FINITE)
         return FrameOutcome(NON_FINITE, reason=str(exc))
     cov = pose_covariance(loc, settings.position_variance, settings.orientation_variance, settings.min_variance)
-    stats.record(loc)
+    position_std = float(np.sqrt(np.trace(cov[:3, :3]) / 3.0))
+    if 0 < settings.max_position_std < position_std:
+        stats.count(REJECTED)
+        return FrameOutcome(
+            REJECTED, loc, cov, f"position std {position_std:.3f} m above max_position_std={settings.max_position_std}"
+        )
+    stats.record(loc, position_std)
     return FrameOutcome(PUBLISHED, loc, cov)
 
 
@@ -327,6 +349,8 @@ class NodeStats:
         self.non_finite = 0
         self.overruns = 0
         self.tf_failures = 0
+        self.position_std_last: float | None = None
+        self.uncertainty_score_last: float | None = None  # position std / the model's calibrated reference
         self._latency_ms: deque[float] = deque(maxlen=window)
         self._crops: deque[int] = deque(maxlen=window)
         self._publish_times: deque[float] = deque(maxlen=window)
@@ -335,9 +359,11 @@ class NodeStats:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
 
-    def record(self, loc: Localization, wall_time: float | None = None) -> None:
+    def record(self, loc: Localization, position_std: float, wall_time: float | None = None) -> None:
         with self._lock:
             self.published += 1
+            self.position_std_last = position_std
+            self.uncertainty_score_last = loc.uncertainty_score
             self.overruns += int(loc.overrun)
             self._latency_ms.append(loc.latency.total_ms)
             self._crops.append(loc.crops)
@@ -362,6 +388,10 @@ class NodeStats:
                 "non_finite": self.non_finite,
                 "overruns": self.overruns,
                 "tf_failures": self.tf_failures,
+                "position_std_last_m": self.position_std_last if self.position_std_last is not None else float("nan"),
+                "uncertainty_score_last": (
+                    self.uncertainty_score_last if self.uncertainty_score_last is not None else float("nan")
+                ),
             }
 
 

@@ -87,6 +87,8 @@ class FrameRecord:
     covariance: np.ndarray | None = None
     crops: int = 0
     latency_ms: float = float("nan")
+    position_std: float | None = None  # of the published covariance (m)
+    uncertainty_score: float | None = None
     truth: Pose | None = None
 
 
@@ -120,6 +122,8 @@ class _Run:
                 crops=s.crops,
                 max_crops=s.max_crops,
                 latency_budget_ms=s.latency_budget_ms or None,
+                uncertainty=s.uncertainty,
+                mc_samples=s.mc_samples,
             ),
         )
         self.stats = NodeStats(window=1 << 30)
@@ -142,7 +146,7 @@ class _Run:
         frame = Frame(msg.msg, stamp_to_ns(msg.msg.header.stamp), msg.msg.header.frame_id)
         outcome = localize_frame(self.engine, self.settings, decode, frame, now_ns, self.stats)
         self.records.append(self._record(msg, frame, outcome))
-        if outcome.loc is not None and self.writer is not None:
+        if outcome.status == PUBLISHED and self.writer is not None:
             self._write(msg.log_time_ns, frame, outcome)
 
     def _record(self, msg: BagMessage, frame: Frame, outcome: FrameOutcome) -> FrameRecord:
@@ -150,6 +154,8 @@ class _Run:
         if outcome.loc is not None:
             rec.pose, rec.covariance = outcome.loc.pose, outcome.covariance
             rec.crops, rec.latency_ms = outcome.loc.crops, outcome.loc.latency.total_ms
+            rec.position_std = float(np.sqrt(np.trace(outcome.covariance[:3, :3]) / 3.0))
+            rec.uncertainty_score = outcome.loc.uncertainty_score
             rec.truth = self.truth.at(frame.stamp_ns) if self.truth else None
         return rec
 
@@ -369,6 +375,8 @@ FRAMES_CSV_COLUMNS = [
     "qz",
     "crops",
     "latency_ms",
+    "position_std_m",
+    "uncertainty_score",
     "gt_x",
     "gt_y",
     "gt_z",
@@ -392,4 +400,7 @@ def _write_frames_csv(records: list[FrameRecord], path: Path) -> None:
         w.writerow(FRAMES_CSV_COLUMNS)
         for r in records:
             crops, latency = (r.crops, f"{r.latency_ms:.3f}") if r.pose else ("", "")
-            w.writerow([r.stamp_ns, r.status, *_pose_cells(r.pose), crops, latency, *_pose_cells(r.truth), r.reason])
+            std = repr(r.position_std) if r.position_std is not None else ""
+            score = repr(r.uncertainty_score) if r.uncertainty_score is not None else ""
+            cells = [r.stamp_ns, r.status, *_pose_cells(r.pose), crops, latency, std, score, *_pose_cells(r.truth)]
+            w.writerow([*cells, r.reason])

@@ -28,7 +28,7 @@ def error_stats(position_m: np.ndarray, rotation_deg: np.ndarray) -> dict[str, f
     return s
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,7 +45,7 @@ def _style(ax: Any, xlabel: str, ylabel: str, legend: bool = True) -> None:
         ax.legend()
 
 
-def _save(plt: Any, fig: Any, path: Path) -> Path:
+def save_figure(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -54,7 +54,7 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
 
 def plot_error_cdf(series: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
     """Cumulative distribution of position and rotation errors, one line per method."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for k, (ax, unit) in enumerate(((axes[0], "position error (m)"), (axes[1], "rotation error (deg)"))):
         for label, errors in series.items():
@@ -62,12 +62,12 @@ def plot_error_cdf(series: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
             ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=label)
         _style(ax, unit, "fraction of frames")
     fig.suptitle(f"{title}: error CDF")
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def plot_trajectory_top(truth: np.ndarray | None, estimates: dict[str, np.ndarray], path: Path, title: str) -> Path:
     """Top view (x, y) of the ground-truth path and the estimated positions."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 6))
     if truth is not None and len(truth):
         ax.plot(truth[:, 0], truth[:, 1], "k-", lw=1, label="ground truth")
@@ -76,24 +76,24 @@ def plot_trajectory_top(truth: np.ndarray | None, estimates: dict[str, np.ndarra
     _style(ax, "x (m)", "y (m)")
     ax.set_aspect("equal")
     ax.set_title(f"{title}: top view")
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def plot_error_over_time(
     t_s: np.ndarray, position_m: np.ndarray, rotation_deg: np.ndarray, path: Path, title: str
 ) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
     axes[0].plot(t_s, position_m, lw=1)
     _style(axes[0], "", "position error (m)", legend=False)
     axes[1].plot(t_s, rotation_deg, lw=1, color="tab:orange")
     _style(axes[1], "time since first frame (s)", "rotation error (deg)", legend=False)
     fig.suptitle(f"{title}: error over time")
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def plot_latency_histogram(latency_ms: np.ndarray, path: Path, title: str, budget_ms: float | None = None) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(latency_ms, bins=40)
     if budget_ms:
@@ -101,7 +101,7 @@ def plot_latency_histogram(latency_ms: np.ndarray, path: Path, title: str, budge
         ax.legend()
     _style(ax, "per-frame latency (ms)", "frames", legend=False)
     ax.set_title(f"{title}: latency")
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def write_index_html(out: Path, title: str, summary_lines: Sequence[str], plots: Sequence[Path]) -> Path:

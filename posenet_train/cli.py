@@ -46,6 +46,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.pt")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
     p.add_argument("--export", default="", help="also export the final model to this .pt path")
+    p.add_argument("--mc-dropout", action="store_true", help="the export keeps Monte Carlo dropout sampling")
     choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}
     for f in fields(FitConfig):
         if f.name in ("data", "out"):
@@ -66,12 +67,31 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="", help="folder for summary.json and plots (default: next to the model)")
     p.add_argument("--no-baseline", action="store_true", help="skip the nearest-neighbour baseline")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--uncertainty", action="store_true", help="also check the predicted covariance (coverage, NEES)")
+    _add_uncertainty_options(p)
+    p.add_argument("--ood", help="with --uncertainty: a data set far from the training poses, to compare std")
+
+
+def _add_uncertainty_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=("mc_dropout", "crops"), default="mc_dropout", help="uncertainty mode")
+    p.add_argument("--samples", type=int, default=40, help="Monte Carlo dropout samples per frame (40)")
+    p.add_argument("--crops", type=int, default=16, help="crops per frame in crops mode (16)")
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="fit the covariance scale on held-out frames; store it in the model")
+    p.add_argument("model", help="exported .pt (with --mc-dropout for the mc_dropout mode)")
+    p.add_argument("dataset", help="canonical data set whose SPLIT the model was not trained on")
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--out", default="", help="calibrated model (default: MODEL_calibrated.pt)")
+    _add_uncertainty_options(p)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="checkpoint -> TorchScript file with its contract")
     p.add_argument("checkpoint")
     p.add_argument("out")
+    p.add_argument("--mc-dropout", action="store_true", help="keep Monte Carlo dropout sampling (uncertainty)")
 
 
 def _add_to_bag(sub: argparse._SubParsersAction) -> None:
@@ -129,7 +149,17 @@ def _add_label_sfm(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posenet-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_convert, _add_synth, _add_fit, _add_eval, _add_export, _add_to_bag, _add_from_bag, _add_label_sfm):
+    for add in (
+        _add_convert,
+        _add_synth,
+        _add_fit,
+        _add_eval,
+        _add_calibrate,
+        _add_export,
+        _add_to_bag,
+        _add_from_bag,
+        _add_label_sfm,
+    ):
         add(sub)
     return parser
 
@@ -169,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         if result.metrics:
             print(json.dumps(result.metrics))
         if args.export and not result.interrupted:
-            print(f"exported {export_checkpoint(result.checkpoint, args.export)}")
+            print(f"exported {export_checkpoint(result.checkpoint, args.export, args.mc_dropout)}")
         return 130 if result.interrupted else 0
     elif args.command == "eval":
         from posenet_train.evaluate import main_eval
@@ -178,7 +208,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "export":
         from posenet_train.export_model import export_checkpoint
 
-        print(f"wrote {export_checkpoint(args.checkpoint, args.out)}")
+        print(f"wrote {export_checkpoint(args.checkpoint, args.out, args.mc_dropout)}")
+    elif args.command == "calibrate":
+        _run_calibrate(args)
     elif args.command == "to-bag":
         from posenet_train.bags import ToBagConfig, dataset_to_bag
 
@@ -198,6 +230,21 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "label-sfm":
         _run_label_sfm(args)
     return 0
+
+
+def _run_calibrate(args: argparse.Namespace) -> None:
+    from posenet_train.uncertainty import calibrate, format_metrics
+
+    out = Path(args.out) if args.out else Path(args.model).with_name(Path(args.model).stem + "_calibrated.pt")
+    cal, before, after = calibrate(args.model, args.dataset, out, args.split, args.mode, args.samples, args.crops)
+    print(f"{args.mode} on {args.dataset} ({args.split}, {cal.frames} frames)")
+    print(f"before: {format_metrics(before)}")
+    print(
+        f"variance scale: position {cal.position_scale:.4g}, orientation {cal.orientation_scale:.4g}; "
+        f"reference position std {cal.reference_position_std:.3f} m"
+    )
+    print(f"after:  {format_metrics(after)}")
+    print(f"wrote {out}")
 
 
 def _run_from_bag(args: argparse.Namespace) -> None:

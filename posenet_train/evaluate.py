@@ -191,6 +191,43 @@ def main_eval(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.model).with_suffix("").parent / f"eval_{args.split}"
     out.mkdir(parents=True, exist_ok=True)
     summary["plots"] = [str(p) for p in plot(arrays, out, summary["scene"])]
+    if args.uncertainty:
+        summary.update(evaluate_uncertainty(args, out, summary["scene"]))
+        summary["plots"].append(str(out / "uncertainty.png"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(format_summary(summary))
+    if args.uncertainty:
+        print(format_uncertainty(summary))
     print(f"wrote {out / 'summary.json'} and plots in {out}")
+
+
+def evaluate_uncertainty(args: argparse.Namespace, out: Path, title: str) -> dict[str, Any]:
+    """The calibration figures (coverage, NEES, Spearman) on the split, the std-against-error plot,
+    and with ``--ood`` the predicted std on a data set far from the training poses."""
+    from posenet_train.uncertainty import metrics, plot_std_against_error, predict
+
+    pred = predict(args.model, args.dataset, args.split, args.mode, args.samples, args.crops)
+    result: dict[str, Any] = {"uncertainty_mode": args.mode, **metrics(pred)}
+    if args.mode == "mc_dropout":
+        result["mc_samples"] = args.samples
+    plot_std_against_error(pred, out / "uncertainty.png", title)
+    if args.ood:
+        ood = predict(args.model, args.ood, "test", args.mode, args.samples, args.crops)
+        result["ood_dataset"] = str(args.ood)
+        result["ood_median_position_std_m"] = float(np.median(ood.position_std()))
+        result["ood_median_position_error_m"] = float(np.median(np.linalg.norm(ood.position_errors(), axis=1)))
+        result["ood_std_ratio"] = result["ood_median_position_std_m"] / result["median_position_std_m"]
+    return result
+
+
+def format_uncertainty(s: dict[str, Any]) -> str:
+    from posenet_train.uncertainty import format_metrics
+
+    lines = [f"uncertainty ({s['uncertainty_mode']}): {format_metrics(s)}"]
+    if "ood_std_ratio" in s:
+        lines.append(
+            f"far from the training poses ({s['ood_dataset']}): median position std "
+            f"{s['ood_median_position_std_m']:.3f} m = {s['ood_std_ratio']:.2f}x in-distribution "
+            f"(median error {s['ood_median_position_error_m']:.3f} m)"
+        )
+    return "\n".join(lines)

@@ -58,6 +58,6 @@ def contract_from_checkpoint(ckpt: dict[str, Any], metrics: dict[str, float] | N
     )
 
 
-def export_checkpoint(ckpt_path: str | Path, out: str | Path) -> Path:
+def export_checkpoint(ckpt_path: str | Path, out: str | Path, mc_dropout: bool = False) -> Path:
     ckpt = load_checkpoint(ckpt_path)
-    return export_torchscript(model_from_checkpoint(ckpt), contract_from_checkpoint(ckpt), out)
+    return export_torchscript(model_from_checkpoint(ckpt), contract_from_checkpoint(ckpt), out, mc_dropout)

@@ -558,3 +558,38 @@ def test_backend_parameter_runs_an_onnx_model(ros: Any, tiny_file: tuple[Path, A
     assert node.process(_frame(image_msg(1))) is True
     with pytest.raises(Exception, match="backend onnxruntime cannot load"):
         make_node(ros, tiny_file[0], backend="onnxruntime")
+
+
+def test_uncertain_poses_are_held_back_and_the_score_reaches_diagnostics(
+    ros: Any, tiny_file: tuple[Path, Any], tmp_path: Path
+) -> None:
+    """max_position_std gates publication on the published covariance; mc_dropout mode runs from
+    the node's parameters and its position std and score are in /diagnostics."""
+    from dataclasses import replace
+
+    from conftest import randomized_posenet, small_contract
+    from rclpy.parameter import Parameter
+
+    from posenet_ros.contract import Calibration
+    from posenet_ros.export import export_torchscript
+
+    contract = small_contract()
+    contract = replace(
+        contract,
+        uncertainty_modes=("fixed", "crops", "mc_dropout"),
+        calibration={"mc_dropout": Calibration(1.0, 1.0, 0.05, 10)},
+    )
+    model = export_torchscript(randomized_posenet(3), contract, tmp_path / "mc.pt", mc_dropout=True)
+    node = make_node(ros, model, uncertainty="mc_dropout", mc_samples=8)
+    assert node.process(_frame(image_msg(1))) is True
+    node.timers[0].callback()
+    values = {kv.key: kv.value for kv in ros.published["/diagnostics"][-1].status[0].values}
+    std, score = float(values["position_std_last_m"]), float(values["uncertainty_score_last"])
+    assert std > 0 and score == pytest.approx(std / 0.05, rel=1e-2)
+    published = len(ros.published.get("/posenet_relocalizer/pose", []))
+
+    fixed = make_node(ros, tiny_file[0], uncertainty="fixed", position_variance=0.25)
+    fixed.set_parameters([Parameter("max_position_std", value=0.4)])
+    assert fixed.process(_frame(image_msg(2))) is False  # std 0.5 m > 0.4 m
+    assert fixed.stats.rejected == 1 and any("above max_position_std" in m for m in logs(ros, "ERROR"))
+    assert len(ros.published.get("/posenet_relocalizer/pose", [])) == published
