@@ -66,6 +66,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
 BACKENDS = ("auto", "torchscript", "onnxruntime")
 CPU_CHUNK = 16  # crops per forward pass on the CPU
 MAX_MC_SAMPLES = 1024
+EXTRA_METHODS = ("features", "mc_dropout")  # exported besides forward (posenet_ros.model.PoseNet)
 ONNX_SUFFIX = ".onnx"
 
 
@@ -107,14 +108,17 @@ def load_onnx_session(path: str | Path, threads: int | None) -> tuple[Any, Contr
 def cast_frozen_constants(module: torch.jit.ScriptModule, dtype: torch.dtype) -> int:
     """Cast the floating-point weights baked into a frozen graph to ``dtype`` (frozen graphs hold
     weights as constants, so ``module.half()`` cannot reach them). Must run before the first call:
-    the graph executor caches its optimized plan. Returns the number of tensors cast."""
+    the graph executor caches its optimized plan. Every exported method has its own graph (forward,
+    features, mc_dropout), so each is cast. Returns the number of tensors cast."""
     count = 0
-    for node in module.graph.findAllNodes("prim::Constant"):
-        if node.hasAttribute("value") and node.kindOf("value") == "t":
-            tensor = node.t("value")
-            if tensor.is_floating_point():
-                node.t_("value", tensor.to(dtype))
-                count += 1
+    graphs = [module.graph] + [getattr(module, name).graph for name in EXTRA_METHODS if hasattr(module, name)]
+    for graph in graphs:
+        for node in graph.findAllNodes("prim::Constant"):
+            if node.hasAttribute("value") and node.kindOf("value") == "t":
+                tensor = node.t("value")
+                if tensor.is_floating_point():
+                    node.t_("value", tensor.to(dtype))
+                    count += 1
     return count
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -40,8 +41,14 @@ def export_onnx(model_path: str | Path, out: str | Path, opset: int = 17) -> Pat
             dynamic_axes={"image": {0: "batch"}, "pose": {0: "batch"}},
         )
     proto = onnx.load_from_string(buffer.getvalue())
+    # Only forward is converted: the dropout sampling method stays a TorchScript feature.
+    modes = tuple(m for m in contract.uncertainty_modes if m != "mc_dropout")
+    calibration = {m: c for m, c in contract.calibration.items() if m in modes}
     entry = proto.metadata_props.add()
-    entry.key, entry.value = EXTRA_FILE_NAME, contract.to_json()
+    entry.key, entry.value = (
+        EXTRA_FILE_NAME,
+        replace(contract, uncertainty_modes=modes, calibration=calibration).to_json(),
+    )
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))
     return Path(out)

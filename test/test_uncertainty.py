@@ -205,3 +205,28 @@ def test_replay_runs_mc_dropout_and_gates_on_position_std(mc_file: Path, tmp_pat
     rows = list(csv.DictReader((tmp_path / "report" / "frames.csv").open()))
     assert all(float(r["position_std_m"]) > threshold for r in rows if r["status"] == "rejected")
     assert all(float(r["position_std_m"]) <= threshold for r in rows if r["status"] == "published")
+
+
+def test_reduced_precision_reaches_the_sampling_method(mc_file: Path) -> None:
+    """fp16/bf16 on CUDA casts every exported graph; checked on the CPU with bf16."""
+    from posenet_ros.engine import cast_frozen_constants
+
+    module, _ = load_model(mc_file)
+    cast_frozen_constants(module, torch.bfloat16)
+    with torch.inference_mode():
+        out = module.mc_dropout(torch.randn(1, 3, 64, 64).to(torch.bfloat16), 4)
+    assert out.dtype == torch.bfloat16 and out.shape == (4, 7) and torch.isfinite(out.float()).all()
+
+
+def test_onnx_export_drops_the_mode_it_cannot_run(mc_file: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from dataclasses import replace
+
+    from posenet_ros.export import rewrite_contract
+    from posenet_ros.onnx_export import export_onnx
+
+    contract = load_model(mc_file)[1]
+    cal = Calibration(2.0, 2.0, 0.1, 5)
+    calibrated_pt = rewrite_contract(mc_file, tmp_path / "c.pt", replace(contract, calibration={"mc_dropout": cal}))
+    engine = Engine(export_onnx(calibrated_pt, tmp_path / "c.onnx"), EngineConfig(warmup_iters=1))
+    assert engine.contract.uncertainty_modes == ("fixed", "crops") and engine.contract.calibration == {}
