@@ -243,7 +243,7 @@ class EngineConfig:
     max_crops: int = 128
     latency_budget_ms: float | None = None
     uncertainty: str = "crops"  # fixed | crops | mc_dropout (the model must list the mode)
-    mc_samples: int = 40  # dropout samples per frame; under a budget, the most it may pick
+    mc_samples: int = 40  # dropout samples per crop; under a budget, the most it may pick
     warmup_iters: int = 5  # the profiling JIT specializes and fuses after a couple of runs
 
 
@@ -370,9 +370,9 @@ class Engine:
         self.budget.calibrate(samples)
 
     def _time_frame(self, frame: np.ndarray, n: int) -> float:
-        """ms for one frame with ``n`` crops (or ``n`` dropout samples of the centre crop)."""
+        """ms for one frame with ``n`` crops (or ``n`` dropout samples per crop in mc_dropout mode)."""
         start = time.perf_counter()
-        self._run(self.preprocess(frame, "rgb8", 1 if self.mc else n), n)
+        self._run(self.preprocess(frame, "rgb8", self.config.crops if self.mc else n), n)
         return (time.perf_counter() - start) * 1000.0
 
     # -- public API ----------------------------------------------------------------------------
@@ -385,8 +385,9 @@ class Engine:
         (or as many as the budget allows). Raises ImageError for unusable frames and
         NonFiniteOutputError when the network output is not finite."""
         if self.mc:
+            # Dropout samples of each of ``config.crops`` crops, pooled (one crop: the centre).
             samples = self.budget.choose() if self.budget.budget_ms is not None else self.config.mc_samples
-            crops, count = 1, samples
+            crops, count = self.config.crops, samples
         else:
             if crops is None:
                 crops = self.budget.choose() if self.budget.budget_ms is not None else self.config.crops

@@ -75,7 +75,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _add_uncertainty_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("mc_dropout", "crops"), default="mc_dropout", help="uncertainty mode")
     p.add_argument("--samples", type=int, default=40, help="Monte Carlo dropout samples per frame (40)")
-    p.add_argument("--crops", type=int, default=16, help="crops per frame in crops mode (16)")
+    p.add_argument(
+        "--crops", type=int, help="crops per frame (crops mode: 16; mc_dropout: 1, samples pooled over crops)"
+    )
 
 
 def _add_calibrate(sub: argparse._SubParsersAction) -> None:

@@ -18,7 +18,7 @@ from posenet_ros.engine import Engine, EngineConfig, EngineError, calibrated, lo
 from posenet_ros.export import export_torchscript
 from posenet_train.cli import main as train_main
 from posenet_train.synth import SynthConfig, render_dataset
-from posenet_train.uncertainty import CHI2_3DOF_95, Predictions, fit_calibration, metrics, nees, spearman
+from posenet_train.uncertainty import CHI2_3DOF_50, CHI2_3DOF_95, Predictions, fit_calibration, metrics, nees, spearman
 
 CPU = EngineConfig(device="cpu", warmup_iters=2)
 
@@ -164,8 +164,10 @@ def test_calibrate_and_eval_uncertainty_commands(mc_file: Path, tmp_path: Path, 
     summary = json.loads((report / "summary.json").read_text())
     for key in ("coverage_position_95", "coverage_orientation_95", "nees_position", "spearman_position"):
         assert np.isfinite(summary[key])
-    # Calibrated on these very frames: the 95% point is exact up to one frame of twelve.
-    assert abs(summary["coverage_position_95"] - 0.95) <= 1 / 12 + 1e-9
+    # Calibrated on these very frames with the same seeded dropout draws: the median NEES is the
+    # chi-square median exactly.
+    assert summary["median_nees_position"] == pytest.approx(CHI2_3DOF_50, rel=1e-6)
+    assert summary["median_nees_orientation"] == pytest.approx(CHI2_3DOF_50, rel=1e-6)
     assert summary["ood_std_ratio"] == pytest.approx(1.0, rel=0.5)  # same frames, other dropout draws
     assert (report / "uncertainty.png").read_bytes()[:4] == b"\x89PNG"
 
