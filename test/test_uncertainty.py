@@ -46,7 +46,7 @@ def test_export_keeps_dropout_sampling_only_when_asked(mc_file: Path, tiny_file,
     assert a.shape == (10, 7) and not torch.equal(a, b)  # dropout is active: samples differ
     assert torch.allclose(a[:, 3:].norm(dim=1), torch.ones(10)) and (a[:, 3] >= 0).all()
     with torch.inference_mode():
-        assert torch.equal(det, module(x))  # forward stays deterministic
+        assert torch.allclose(det, module(x), atol=1e-5)  # forward stays deterministic (no dropout)
     plain = export_torchscript(randomized_posenet(3), small_contract(), tmp_path / "plain.pt")
     assert load_model(plain)[1].uncertainty_modes == ("fixed", "crops")
     with pytest.raises(EngineError, match="not mc_dropout; export it with --mc-dropout"):
