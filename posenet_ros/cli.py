@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (EngineError, BagError, ReplayError, UsageError) as exc:
+    except (EngineError, BagError, ReplayError, UsageError, OSError) as exc:
         print(f"posenet-ros: error: {exc}", file=sys.stderr)
         return 2
 

@@ -203,6 +203,8 @@ def _run_realtime(run: _Run, messages: Iterator[BagMessage]) -> int:
     def bag_now_ns() -> int:
         return int(clock["bag0"] + (time.perf_counter() - clock["wall0"]) * 1e9 * run.cfg.rate)
 
+    failure: list[BaseException] = []
+
     def worker() -> None:
         while True:
             item = slot.take(timeout=0.1)
@@ -210,13 +212,20 @@ def _run_realtime(run: _Run, messages: Iterator[BagMessage]) -> int:
                 if slot.closed:
                     return
                 continue
-            run.handle(item.msg, bag_now_ns())
+            try:
+                run.handle(item.msg, bag_now_ns())
+            except BaseException as exc:  # surfaced in the caller's thread below, not lost
+                failure.append(exc)
+                slot.close()
+                return
 
     thread = threading.Thread(target=worker, name="replay_inference", daemon=True)
     thread.start()
     try:
         with _progress(run.cfg, run.frames_total) as bar:
             for msg in messages:
+                if failure:
+                    break
                 if not clock:
                     clock.update(bag0=msg.log_time_ns, wall0=time.perf_counter())
                 delay = (msg.log_time_ns - clock["bag0"]) / 1e9 / run.cfg.rate - (time.perf_counter() - clock["wall0"])
@@ -229,6 +238,8 @@ def _run_realtime(run: _Run, messages: Iterator[BagMessage]) -> int:
     finally:
         slot.close()
         thread.join()
+    if failure:
+        raise failure[0]
     return slot.skipped
 
 

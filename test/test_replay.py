@@ -302,3 +302,15 @@ def test_several_image_topics_need_a_choice(tmp_path: Path) -> None:
         with pytest.raises(BagError, match=r"2 image topics.*--image-topic: /left/image, /right/image/compressed"):
             pick_image_topic(reader, None)
         assert pick_image_topic(reader, "/left/image") == "/left/image"
+
+
+def test_a_failure_in_the_realtime_worker_reaches_the_caller(dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    from posenet_ros import replay as replay_module
+
+    def broken(self, msg, now_ns):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(replay_module._Run, "handle", broken)
+    bag = make_bag(dataset, tmp_path / "in")
+    with pytest.raises(OSError, match="disk full"):
+        replay(ReplayConfig(bag, MODEL, realtime=True, rate=100.0, device="cpu", progress=False))
