@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from posenet_ros import __version__
+from posenet_ros.groundtruth import add_ground_truth_arguments
 from posenet_ros.relocalizer import SPECS
 
 # Node parameters that mean the same offline; replay takes them as --name-with-dashes.
@@ -52,15 +53,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from posenet_ros.groundtruth import GroundTruthSource
+    from posenet_ros.groundtruth import ground_truth_from_arguments
     from posenet_ros.replay import ReplayConfig, format_summary, replay, write_report
 
-    truth = None
-    if args.gt_topic or args.gt_frames:
-        if args.gt_topic and args.gt_frames:
-            raise UsageError("give --gt-topic or --gt-frames, not both")
-        frames = tuple(args.gt_frames) if args.gt_frames else None
-        truth = GroundTruthSource(args.gt_topic, frames, args.gt_max_gap)
+    try:
+        truth = ground_truth_from_arguments(args, required=False)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     params = {name: getattr(args, name) for name in REPLAY_NODE_PARAMETERS if getattr(args, name) is not None}
     cfg = ReplayConfig(
         bag=args.bag,
@@ -125,11 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("bag", type=Path, help="rosbag2 folder (sqlite3 or MCAP), bare .db3/.mcap file, or ROS 1 .bag")
     rp.add_argument("--model", type=Path, required=True, help="exported TorchScript model")
     rp.add_argument("--image-topic", help="image topic (default: the only Image/CompressedImage topic)")
-    rp.add_argument(
-        "--gt-topic", help="ground truth: PoseStamped, PoseWithCovarianceStamped, Odometry or TransformStamped"
-    )
-    rp.add_argument("--gt-frames", nargs=2, metavar=("MAP", "CAMERA"), help="ground truth from /tf: MAP <- CAMERA")
-    rp.add_argument("--gt-max-gap", type=float, default=0.1, help="max seconds between ground-truth samples (0.1)")
+    add_ground_truth_arguments(rp)
     rp.add_argument("--out", type=Path, help="write poses and /tf to this new rosbag2 (input's storage)")
     rp.add_argument("--ros-distro", choices=("humble", "jazzy", "kilted"), default="jazzy", help="output bag format")
     rp.add_argument("--report", type=Path, help="folder for summary.json, frames.csv, plots and index.html")

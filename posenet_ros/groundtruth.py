@@ -8,6 +8,7 @@ their header stamps (not the recording time), and a query between two samples fu
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +152,25 @@ class GroundTruthSource:
 
     def describe(self) -> str:
         return f"topic {self.topic}" if self.topic else f"TF {self.frames[0]} <- {self.frames[1]}"
+
+
+def add_ground_truth_arguments(parser: argparse.ArgumentParser) -> None:
+    """--gt-topic / --gt-frames / --gt-max-gap, shared by ``posenet-ros replay`` and
+    ``posenet-train from-bag``."""
+    parser.add_argument("--gt-topic", help=f"ground truth topic: {', '.join(t.split('/')[-1] for t in POSE_TYPES)}")
+    parser.add_argument("--gt-frames", nargs=2, metavar=("MAP", "CAMERA"), help="ground truth from /tf: MAP <- CAMERA")
+    parser.add_argument("--gt-max-gap", type=float, default=0.1, help="max seconds between ground-truth samples (0.1)")
+
+
+def ground_truth_from_arguments(args: argparse.Namespace, required: bool) -> GroundTruthSource | None:
+    """The source the options name; None when none is given and none is required."""
+    if args.gt_topic and args.gt_frames:
+        raise ValueError("give --gt-topic or --gt-frames, not both")
+    if not (args.gt_topic or args.gt_frames):
+        if required:
+            raise ValueError("give --gt-topic or --gt-frames")
+        return None
+    return GroundTruthSource(args.gt_topic, tuple(args.gt_frames) if args.gt_frames else None, args.gt_max_gap)
 
 
 class GroundTruth:

@@ -24,7 +24,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from tf2_ros import Buffer, TransformBroadcaster, TransformException, TransformListener
 
-from posenet_ros.engine import Engine, EngineConfig, EngineError
+from posenet_ros.engine import Engine, EngineError
 from posenet_ros.geometry import Pose
 from posenet_ros.image_codec import ImageDecodeError, decode
 from posenet_ros.relocalizer import (
@@ -112,18 +112,7 @@ class RelocalizerNode(Node):
         self._declare_parameters()
         s = self.settings
         model_path = resolve_model_path(s.model_path, _share_dir())
-        config = EngineConfig(
-            backend=s.backend,
-            device=s.device,
-            precision=s.precision,
-            threads=s.threads or None,
-            crops=s.crops,
-            max_crops=s.max_crops,
-            latency_budget_ms=s.latency_budget_ms or None,
-            uncertainty=s.uncertainty,
-            mc_samples=s.mc_samples,
-        )
-        self.engine = Engine(model_path, config)  # EngineError: main() logs it and exits non-zero
+        self.engine = Engine(model_path, s.engine_config())  # EngineError: main() logs it and exits non-zero
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.converter = ImageConverter(self.get_logger())
         self.slot = LatestFrameSlot()

@@ -12,13 +12,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from posenet_ros.engine import Engine, ImageError, Localization, NonFiniteOutputError
+from posenet_ros.engine import Engine, EngineConfig, ImageError, Localization, NonFiniteOutputError
 from posenet_ros.geometry import Pose, wxyz_to_xyzw, xyzw_to_wxyz
 from posenet_ros.image_codec import ImageDecodeError
 
@@ -130,6 +130,22 @@ class NodeSettings:
             return self.__dict__["values"][name]
         except KeyError:
             raise AttributeError(name) from None
+
+    def engine_config(self, **overrides: Any) -> EngineConfig:
+        """The engine's configuration from these parameters (node and replay build it the same way);
+        ``overrides`` replace fields, e.g. replay's --device and --threads."""
+        config = EngineConfig(
+            backend=self.backend,
+            device=self.device,
+            precision=self.precision,
+            threads=self.threads or None,
+            crops=self.crops,
+            max_crops=self.max_crops,
+            latency_budget_ms=self.latency_budget_ms or None,
+            uncertainty=self.uncertainty,
+            mc_samples=self.mc_samples,
+        )
+        return replace(config, **overrides)
 
     def update(self, changes: dict[str, Any]) -> str | None:
         """Apply all of ``changes`` or none; returns the first reason for refusal."""

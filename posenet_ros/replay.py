@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from posenet_ros.bagio import BagMessage, BagWriter, TopicQos, open_bag, pick_image_topic, read_messages, storage_of
-from posenet_ros.engine import Engine, EngineConfig
+from posenet_ros.engine import Engine
 from posenet_ros.geometry import Pose, position_error, rotation_error_deg
 from posenet_ros.groundtruth import GroundTruth, GroundTruthSource
 from posenet_ros.image_codec import decode
@@ -113,19 +113,7 @@ class _Run:
         self.topic = pick_image_topic(reader, cfg.image_topic)
         self.frames_total = sum(c.msgcount for c in reader.connections if c.topic == self.topic)
         self.truth = GroundTruth(reader, cfg.ground_truth) if cfg.ground_truth else None
-        s = self.settings
-        self.engine = Engine(
-            cfg.model,
-            EngineConfig(
-                device=cfg.device,
-                threads=cfg.threads,
-                crops=s.crops,
-                max_crops=s.max_crops,
-                latency_budget_ms=s.latency_budget_ms or None,
-                uncertainty=s.uncertainty,
-                mc_samples=s.mc_samples,
-            ),
-        )
+        self.engine = Engine(cfg.model, self.settings.engine_config(device=cfg.device, threads=cfg.threads))
         self.stats = NodeStats(window=1 << 30)
         self.records: list[FrameRecord] = []
         self.writer = self._open_writer() if cfg.out_bag else None

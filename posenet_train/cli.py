@@ -112,6 +112,7 @@ def _add_to_bag(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_from_bag(sub: argparse._SubParsersAction) -> None:
+    from posenet_ros.groundtruth import add_ground_truth_arguments
     from posenet_train.bags import FromBagConfig
 
     d = FromBagConfig(Path(), Path(), None)
@@ -119,9 +120,7 @@ def _add_from_bag(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bag", help="rosbag2 folder, bare .db3/.mcap or ROS 1 .bag")
     p.add_argument("--out", required=True, help="folder for images/ and poses.csv")
     p.add_argument("--image-topic", help="image topic (default: the only one)")
-    p.add_argument("--gt-topic", help="PoseStamped, PoseWithCovarianceStamped, Odometry or TransformStamped topic")
-    p.add_argument("--gt-frames", nargs=2, metavar=("MAP", "CAMERA"), help="ground truth from /tf: MAP <- CAMERA")
-    p.add_argument("--gt-max-gap", type=float, default=0.1, help="max seconds between ground-truth samples (0.1)")
+    add_ground_truth_arguments(p)
     p.add_argument("--every", type=int, default=d.every, help="keep every Nth frame (1)")
     p.add_argument("--min-translation", type=float, default=d.min_translation, help="metres since the last kept frame")
     p.add_argument("--min-rotation", type=float, default=d.min_rotation_deg, help="degrees since the last kept frame")
@@ -250,12 +249,10 @@ def _run_calibrate(args: argparse.Namespace) -> None:
 
 
 def _run_from_bag(args: argparse.Namespace) -> None:
-    from posenet_ros.groundtruth import GroundTruthSource
+    from posenet_ros.groundtruth import ground_truth_from_arguments
     from posenet_train.bags import FromBagConfig, bag_to_dataset
 
-    if bool(args.gt_topic) == bool(args.gt_frames):
-        raise ValueError("give exactly one of --gt-topic or --gt-frames")
-    truth = GroundTruthSource(args.gt_topic, tuple(args.gt_frames) if args.gt_frames else None, args.gt_max_gap)
+    truth = ground_truth_from_arguments(args, required=True)
     cfg = FromBagConfig(
         Path(args.bag),
         Path(args.out),
