@@ -178,9 +178,12 @@ class Localization:
     @property
     def position_std(self) -> float | None:
         """RMS of the three position standard deviations (metres), from the covariance."""
-        if self.covariance is None:
-            return None
-        return float(np.sqrt(max(np.trace(self.covariance[:3, :3]), 0.0) / 3.0))
+        return None if self.covariance is None else position_std(self.covariance)
+
+
+def position_std(covariance: np.ndarray) -> float:
+    """RMS of the three position standard deviations (metres) of a 6x6 pose covariance."""
+    return float(np.sqrt(max(np.trace(covariance[:3, :3]), 0.0) / 3.0))
 
 
 class CropBudget:

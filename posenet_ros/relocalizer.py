@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from posenet_ros.engine import Engine, EngineConfig, ImageError, Localization, NonFiniteOutputError
+from posenet_ros.engine import (
+    Engine,
+    EngineConfig,
+    ImageError,
+    Localization,
+    NonFiniteOutputError,
+    position_std,
+)
 from posenet_ros.geometry import Pose, wxyz_to_xyzw, xyzw_to_wxyz
 from posenet_ros.image_codec import ImageDecodeError
 
@@ -244,6 +251,7 @@ class FrameOutcome:
     loc: Localization | None = None
     covariance: np.ndarray | None = None  # 6x6, ready for covariance_list
     reason: str = ""
+    position_std: float | None = None  # of ``covariance`` (m), what max_position_std gates on
 
 
 def localize_frame(
@@ -270,14 +278,13 @@ def localize_frame(
         stats.count(NON_FINITE)
         return FrameOutcome(NON_FINITE, reason=str(exc))
     cov = pose_covariance(loc, settings.position_variance, settings.orientation_variance, settings.min_variance)
-    position_std = float(np.sqrt(np.trace(cov[:3, :3]) / 3.0))
-    if 0 < settings.max_position_std < position_std:
+    std = position_std(cov)
+    if 0 < settings.max_position_std < std:
         stats.count(REJECTED)
-        return FrameOutcome(
-            REJECTED, loc, cov, f"position std {position_std:.3f} m above max_position_std={settings.max_position_std}"
-        )
-    stats.record(loc, position_std)
-    return FrameOutcome(PUBLISHED, loc, cov)
+        reason = f"position std {std:.3f} m above max_position_std={settings.max_position_std}"
+        return FrameOutcome(REJECTED, loc, cov, reason, std)
+    stats.record(loc, std)
+    return FrameOutcome(PUBLISHED, loc, cov, position_std=std)
 
 
 # -- covariance and TF ---------------------------------------------------------------------------
@@ -375,10 +382,10 @@ class NodeStats:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
 
-    def record(self, loc: Localization, position_std: float, wall_time: float | None = None) -> None:
+    def record(self, loc: Localization, position_std_m: float, wall_time: float | None = None) -> None:
         with self._lock:
             self.published += 1
-            self.position_std_last = position_std
+            self.position_std_last = position_std_m
             self.uncertainty_score_last = loc.uncertainty_score
             self.overruns += int(loc.overrun)
             self._latency_ms.append(loc.latency.total_ms)

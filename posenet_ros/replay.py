@@ -142,7 +142,7 @@ class _Run:
         if outcome.loc is not None:
             rec.pose, rec.covariance = outcome.loc.pose, outcome.covariance
             rec.crops, rec.latency_ms = outcome.loc.crops, outcome.loc.latency.total_ms
-            rec.position_std = float(np.sqrt(np.trace(outcome.covariance[:3, :3]) / 3.0))
+            rec.position_std = outcome.position_std
             rec.uncertainty_score = outcome.loc.uncertainty_score
             rec.truth = self.truth.at(frame.stamp_ns) if self.truth else None
         return rec

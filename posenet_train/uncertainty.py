@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from posenet_ros.contract import Calibration
-from posenet_ros.engine import Engine, EngineConfig
+from posenet_ros.engine import Engine, EngineConfig, load_model
 from posenet_ros.export import rewrite_contract
 from posenet_ros.geometry import quat_conjugate, quat_multiply, quat_to_rotation_vector
 from posenet_train.datasets import DatasetError, PoseRecord, positions, quaternions, read_poses_csv, split_records
@@ -169,8 +169,8 @@ def calibrate(
     raw = predict(model, dataset, split, mode, samples, crops, calibrated=False)
     cal = fit_calibration(raw)
     before = metrics(raw)
-    engine_contract = Engine(model, EngineConfig(device="cpu", uncertainty=mode, warmup_iters=1)).contract
-    contract = replace(engine_contract, calibration={**engine_contract.calibration, mode: cal})
+    contract = load_model(model)[1]  # predict() above already checked that the model runs this mode
+    contract = replace(contract, calibration={**contract.calibration, mode: cal})
     rewrite_contract(model, out, contract)
     after = metrics(predict(out, dataset, split, mode, samples, crops, calibrated=True))
     return cal, before, after
