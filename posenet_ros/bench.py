@@ -188,7 +188,7 @@ class Bench:
 
     def preprocessing(self, width: int = 640, height: int = 480) -> dict[str, Any]:
         frames = [encode_image(f, "bgr8") for f in synthetic_frames(8, height, width)]
-        ours = CpuPreprocessor(self.spec)
+        ours = CpuPreprocessor(self.spec, threads=self.cfg.threads)
         paths = {"baseline": self.baseline.preprocess, "ours": lambda msg: ours(*decode_image(msg))}
         t = time_interleaved(paths, frames, max(self.cfg.iterations, 200))
         return {

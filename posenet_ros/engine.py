@@ -308,7 +308,9 @@ class Engine:
         self.calibration = self.contract.calibration.get(config.uncertainty)
         spec = self.contract.preprocessing
         self.preprocess = (
-            TorchPreprocessor(spec, self.device, self.dtype) if self.device.type == "cuda" else CpuPreprocessor(spec)
+            TorchPreprocessor(spec, self.device, self.dtype)
+            if self.device.type == "cuda"
+            else CpuPreprocessor(spec, threads=config.threads or torch.get_num_threads())
         )
         try:
             # The budget picks the crop count, or in mc_dropout mode the sample count.

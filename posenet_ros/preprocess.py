@@ -5,8 +5,9 @@ Rule: resize so the shortest side is ``resize_shortest_side`` (area interpolatio
 does for dense evaluation), scale to [0, 1], subtract mean, divide by std, in the contract's channel
 order. Two implementations of the same rule:
 
-- ``CpuPreprocessor``: OpenCV resize on uint8, then one fused multiply-add per crop into a reused
-  channels-last buffer (no intermediate float image, no per-frame allocation).
+- ``CpuPreprocessor``: OpenCV float resize of only the kept region (its two halves on two threads),
+  then one ``cv2.transform`` per crop (channel order + normalization) into a reused channels-last
+  buffer; no per-frame allocation.
 - ``TorchPreprocessor``: for CUDA; the uint8 frame is uploaded once (pinned memory) and resized,
   cropped and normalized on the device. It runs on any torch device, so CPU tests cover it.
 """
@@ -14,6 +15,7 @@ order. Two implementations of the same rule:
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -117,19 +119,18 @@ def resample_matrix(n_in: int, n_out: int, area: bool) -> np.ndarray:
     return m.astype(np.float32)
 
 
-# (encoding, model channel order) -> OpenCV colour conversion giving 3 channels in that order.
-_CVT_CODES: dict[tuple[str, str], int | None] = {
-    ("rgb8", "rgb"): None,
-    ("rgb8", "bgr"): cv2.COLOR_RGB2BGR,
-    ("bgr8", "rgb"): cv2.COLOR_BGR2RGB,
-    ("bgr8", "bgr"): None,
-    ("rgba8", "rgb"): cv2.COLOR_RGBA2RGB,
-    ("rgba8", "bgr"): cv2.COLOR_RGBA2BGR,
-    ("bgra8", "rgb"): cv2.COLOR_BGRA2RGB,
-    ("bgra8", "bgr"): cv2.COLOR_BGRA2BGR,
-    ("mono8", "rgb"): cv2.COLOR_GRAY2RGB,
-    ("mono8", "bgr"): cv2.COLOR_GRAY2BGR,
-}
+def channel_affine(encoding: str, spec: Preprocessing) -> np.ndarray:
+    """3 x (C + 1) matrix taking a C-channel pixel of ``encoding`` to the network's normalized
+    3 channels: picks (and reorders) the colour channels, drops alpha, repeats mono, and applies
+    (x / 255 - mean) / std, all in one ``cv2.transform`` pass."""
+    channels, order = ENCODINGS[encoding]
+    alpha, beta = normalization_affine(spec)
+    m = np.zeros((3, channels + 1), dtype=np.float32)
+    for c, name in enumerate(spec.channel_order):
+        source = 0 if order == "mono" else order.index(name)
+        m[c, source] = alpha[c]
+    m[:, channels] = beta
+    return m
 
 
 @dataclass(frozen=True)
@@ -179,35 +180,78 @@ def crop_plan(height: int, width: int, spec: Preprocessing, n_crops: int) -> Cro
 class CpuPreprocessor:
     """OpenCV implementation; returns a float32 (N, 3, H, W) tensor in channels-last memory.
 
+    The kept source region is converted to float32 and area-resized in float (OpenCV's float
+    INTER_AREA is about 1.5x faster than its uint8 one here, and skips the uint8 rounding), then
+    one ``cv2.transform`` per crop reorders channels and normalizes into a reused buffer. With
+    ``threads`` > 1 the two halves of the region are converted and resized on two threads when
+    the half-way row falls on a source row, which keeps the result identical to one resize.
+
     The tensor views a buffer reused by the next call: consume it before preprocessing again."""
 
-    def __init__(self, spec: Preprocessing) -> None:
+    def __init__(self, spec: Preprocessing, threads: int = 1) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.spec = spec
-        alpha, beta = normalization_affine(spec)
-        # uint8 -> normalized float32 as one table lookup per pixel and channel (network order):
-        # one pass instead of convert, multiply and add.
-        levels = np.arange(256, dtype=np.float64)[:, None]
-        self._lut = (levels * alpha + beta).astype(np.float32).reshape(256, 1, 3)
+        self._affine = {encoding: channel_affine(encoding, spec) for encoding in ENCODINGS}
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="preprocess") if threads > 1 else None
+        self._source = _Scratch()  # float copy of the source region
+        self._region = _Scratch()  # the resized region
         self._buffer = np.empty((0, spec.input_height, spec.input_width, 3), dtype=np.float32)
 
     def __call__(self, image: np.ndarray, encoding: str, n_crops: int = 1) -> torch.Tensor:
         image = check_image(image, encoding)
         s = self.spec
         plan = crop_plan(image.shape[0], image.shape[1], s, n_crops)
-        y0, x0, y1, x1 = plan.region
-        sy0, sx0, sy1, sx1 = plan.source
-        interp = cv2.INTER_AREA if plan.area else cv2.INTER_LINEAR
-        region = cv2.resize(image[sy0:sy1, sx0:sx1], (x1 - x0, y1 - y0), interpolation=interp)
-        code = _CVT_CODES[(encoding, s.channel_order)]
-        if code is not None:
-            region = cv2.cvtColor(region, code)
+        region = self._resize(image, plan)
         if self._buffer.shape[0] < n_crops:
             self._buffer = np.empty((n_crops, s.input_height, s.input_width, 3), dtype=np.float32)
         out = self._buffer[:n_crops]
+        affine = self._affine[encoding]
         for dst, (y, x) in zip(out, plan.offsets, strict=True):
-            cv2.LUT(region[y : y + s.input_height, x : x + s.input_width], self._lut, dst=dst)
+            cv2.transform(region[y : y + s.input_height, x : x + s.input_width], affine, dst=dst)
         # NHWC memory seen as NCHW: exactly torch's channels_last layout, no copy.
         return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+    def _resize(self, image: np.ndarray, plan: CropPlan) -> np.ndarray:
+        """The plan's region of the resized frame, float32 HxWxC (HxW for mono)."""
+        y0, x0, y1, x1 = plan.region
+        sy0, sx0, sy1, sx1 = plan.source
+        source = image[sy0:sy1, sx0:sx1]
+        if image.shape[2] == 1:
+            source = source[:, :, 0]  # OpenCV treats HxWx1 and HxW alike; keep the shapes aligned
+        src = self._source.view(source.shape)
+        dst = self._region.view((y1 - y0, x1 - x0, *source.shape[2:]))
+        interp = cv2.INTER_AREA if plan.area else cv2.INTER_LINEAR
+        out_h, src_h = dst.shape[0], src.shape[0]
+        half = out_h // 2
+        # Area output row i averages source rows [i*r, (i+1)*r): when half*r is a whole row, the
+        # two halves are two independent resizes with the same ratio, so splitting changes nothing.
+        if self._helper is not None and plan.area and half > 0 and (half * src_h) % out_h == 0:
+            cut = half * src_h // out_h
+            job = self._helper.submit(_convert_resize, source[cut:], src[cut:], dst[half:], interp)
+            _convert_resize(source[:cut], src[:cut], dst[:half], interp)
+            job.result()
+        else:
+            _convert_resize(source, src, dst, interp)
+        return dst
+
+
+def _convert_resize(source: np.ndarray, src: np.ndarray, dst: np.ndarray, interp: int) -> None:
+    np.copyto(src, source)  # uint8 -> float32
+    cv2.resize(src, (dst.shape[1], dst.shape[0]), dst=dst, interpolation=interp)
+
+
+class _Scratch:
+    """A float32 array reused from frame to frame, reallocated only when a larger one is needed."""
+
+    def __init__(self) -> None:
+        self._data = np.empty(0, dtype=np.float32)
+
+    def view(self, shape: tuple[int, ...]) -> np.ndarray:
+        size = math.prod(shape)
+        if self._data.size < size:
+            self._data = np.empty(size, dtype=np.float32)
+        return self._data[:size].reshape(shape)
 
 
 class TorchPreprocessor:
