@@ -90,15 +90,30 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from posenet_ros.onnx_export import export_onnx
+    from posenet_ros.onnx_export import calibration_frames, export_onnx, quantize_onnx
 
-    print(f"wrote {export_onnx(args.model, args.out)}")
+    if args.int8 != (args.calibration is not None):
+        raise UsageError("--int8 and --calibration go together (int8 needs frames to calibrate on)")
+    if args.int8:
+        frames = calibration_frames(args.calibration, args.calibration_frames, args.image_topic)
+        out = quantize_onnx(args.model, args.out, frames)
+        print(f"wrote {out} (int8, calibrated on {len(frames)} frames from {args.calibration})")
+    else:
+        print(f"wrote {export_onnx(args.model, args.out)}")
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from posenet_ros.engine import load_model
+    from posenet_ros.engine import ONNX_SUFFIX, load_model, load_onnx_session
 
+    if args.model.suffix == ONNX_SUFFIX:
+        from posenet_ros.onnx_export import QUANTIZATION_KEY
+
+        session, contract = load_onnx_session(args.model, threads=1)
+        print(contract.to_json())
+        quantization = session.get_modelmeta().custom_metadata_map.get(QUANTIZATION_KEY)
+        print(f"quantization: {quantization or 'none (float32)'}")
+        return 0
     _, contract = load_model(args.model)
     print(contract.to_json())
     return 0
@@ -142,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     onnx = sub.add_parser("export-onnx", help="convert a TorchScript model to ONNX for the onnxruntime backend")
     onnx.add_argument("model", type=Path, help="TorchScript .pt with its contract")
     onnx.add_argument("out", type=Path, help="output .onnx (the contract goes into its metadata)")
+    onnx.add_argument("--int8", action="store_true", help="quantize to int8 (about 1.7x faster on a CPU)")
+    onnx.add_argument("--calibration", type=Path, help="int8: folder of images or a bag the robot recorded")
+    onnx.add_argument("--calibration-frames", type=int, default=64, help="int8: frames spread over it (64)")
+    onnx.add_argument("--image-topic", help="int8 from a bag: image topic (default: the only one)")
     onnx.set_defaults(func=_cmd_export_onnx)
 
     info = sub.add_parser("info", help="print the contract embedded in a model file")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -84,3 +85,97 @@ def test_export_onnx_command(posenet_file, tmp_path: Path, capsys) -> None:
     assert ros_main(["export-onnx", str(posenet_file[0]), str(out)]) == 0 and out.is_file()
     assert ros_main(["export-onnx", str(tmp_path / "missing.pt"), str(out)]) == 2
     assert "model file not found" in capsys.readouterr().err
+
+
+# -- int8 (posenet-ros export-onnx --int8) ------------------------------------------------------
+
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "posenet_demo.pt"
+
+
+@pytest.fixture(scope="module")
+def demo_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model's scene: one sequence to calibrate on, another to compare on."""
+    from posenet_train.synth import SynthConfig, render_dataset
+
+    root = tmp_path_factory.mktemp("scene")
+    cfg = SynthConfig(
+        train_sequences=1, test_sequences=1, frames_per_sequence=24, width=256, height=192, heading_spread_deg=50.0
+    )
+    render_dataset(cfg, root, progress=False)
+    return root
+
+
+def test_int8_export_is_quantized_and_stays_close_to_float(demo_scene: Path, tmp_path: Path, capsys) -> None:
+    """Measured on the 400 demo test frames: int8 moves poses a median 0.11 m / 0.84 deg from float32.
+    Bounds here: 2% of the scene and 2 deg (median), 6% and 6 deg (worst of 24 frames)."""
+    import onnx
+
+    calib, test = demo_scene / "seq-01", demo_scene / "seq-02"
+    out = tmp_path / "demo_int8.onnx"
+    assert ros_main(["export-onnx", str(DEMO_MODEL), str(out), "--int8", "--calibration", str(calib)]) == 0
+    assert "int8, calibrated on 24 frames" in capsys.readouterr().out
+    proto = onnx.load(str(out))
+    kinds = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= kinds
+    int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert len(int8_weights) >= 57  # every convolution of the GoogLeNet backbone
+    assert ros_main(["info", str(out)]) == 0
+    assert '"frames": 24' in capsys.readouterr().out
+
+    fp32 = Engine(export_onnx(DEMO_MODEL, tmp_path / "demo.onnx"), EngineConfig(threads=2))
+    int8 = Engine(out, EngineConfig(threads=2))
+    assert int8.contract == fp32.contract
+    extent = max(fp32.contract.scene.extent)
+    moved, turned = [], []
+    for path in sorted(test.glob("*.png")):
+        image = cv2.imread(str(path))
+        a, b = fp32.localize(image, "bgr8"), int8.localize(image, "bgr8")
+        moved.append(np.linalg.norm(a.pose.position - b.pose.position) / extent)
+        turned.append(g.rotation_error_deg(a.pose.quaternion, b.pose.quaternion))
+    assert len(moved) == 24 and 0 < np.median(moved) < 0.02 and np.median(turned) < 2.0
+    assert max(moved) < 0.06 and max(turned) < 6.0
+
+
+def test_int8_calibration_frames_from_a_bag(demo_scene: Path, tmp_path: Path) -> None:
+    from posenet_ros.bagio import BagWriter
+    from posenet_ros.image_codec import encode_image
+    from posenet_ros.onnx_export import calibration_frames
+
+    images = [cv2.imread(str(p)) for p in sorted((demo_scene / "seq-01").glob("*.png"))[:9]]
+    with BagWriter(tmp_path / "bag", "mcap", "jazzy") as w:
+        w.add_topic("/cam/image_raw", "sensor_msgs/msg/Image")
+        for i, image in enumerate(images):
+            stamp = (i + 1) * 100_000_000
+            w.write("/cam/image_raw", stamp, w.image(stamp, "cam", encode_image(image, "bgr8")))
+    frames = calibration_frames(tmp_path / "bag", 3)
+    assert [e for _, e in frames] == ["bgr8"] * 3
+    for (got, _), want in zip(frames, (images[0], images[4], images[8]), strict=True):
+        np.testing.assert_array_equal(got, want)  # first, middle and last: spread evenly
+    assert (
+        ros_main(
+            ["export-onnx", str(DEMO_MODEL), str(tmp_path / "m.onnx"), "--int8", "--calibration", str(tmp_path / "bag")]
+        )
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--int8"], "--int8 and --calibration go together"),
+        (["--calibration", "EMPTY"], "--int8 and --calibration go together"),
+        (["--int8", "--calibration", "EMPTY"], "no images"),
+        (["--int8", "--calibration", "MISSING"], "calibration source not found"),
+        (["--int8", "--calibration", "BROKEN"], "cannot decode calibration image"),
+        (["--int8", "--calibration", "EMPTY", "--calibration-frames", "0"], "must be >= 1"),
+    ],
+)
+def test_int8_export_mistakes_are_one_line_errors(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
+    (tmp_path / "EMPTY").mkdir()
+    (tmp_path / "BROKEN").mkdir()
+    (tmp_path / "BROKEN" / "frame.png").write_bytes(b"not a png")
+    args = [a if a not in ("EMPTY", "MISSING", "BROKEN") else str(tmp_path / a) for a in extra]
+    out = tmp_path / "m.onnx"
+    assert ros_main(["export-onnx", str(DEMO_MODEL), str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not out.exists()
