@@ -35,7 +35,7 @@ class UsageError(ValueError):
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from posenet_ros.bench import BenchConfig, main_bench
+    from posenet_ros.bench import PATH_BACKENDS, BenchConfig, main_bench
 
     cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
     unknown = set(cases) - set(BENCH_CASES)
@@ -48,6 +48,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.iterations < 1 or args.threads < 1 or min(marks) < 1 or args.replay_frames < 1:
         raise UsageError("--iterations, --threads, --memory-frames and --replay-frames must be >= 1")
     backends = tuple(b.strip() for b in args.backends.split(","))
+    if not backends or set(backends) - set(PATH_BACKENDS):
+        raise UsageError(f"--backends must be a comma list of {', '.join(PATH_BACKENDS)}, got {args.backends!r}")
     cfg = BenchConfig(args.model, args.iterations, args.threads, backends, marks, args.replay_frames)
     return main_bench(cfg, cases, args.json)
 
@@ -129,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--iterations", type=int, default=60, help="timed frames per path (default 60)")
     bench.add_argument("--threads", type=int, default=2, help="intra-op threads for every path (default 2)")
     bench.add_argument("--cases", default=",".join(BENCH_CASES), help=f"comma list of {', '.join(BENCH_CASES)}")
-    bench.add_argument("--backends", default="torchscript,onnxruntime", help="engine backends to time")
+    bench.add_argument(
+        "--backends", default="torchscript,onnxruntime,onnxruntime-int8", help="engine paths to time (comma list)"
+    )
     bench.add_argument("--memory-frames", default="1000,10000", help="frame counts at which RSS is read")
     bench.add_argument("--replay-frames", type=int, default=100, help="frames in the generated replay bag")
     bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")

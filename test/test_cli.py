@@ -20,7 +20,9 @@ def test_bench_suite_writes_every_case_with_baselines(tiny_file, tmp_path: Path,
     assert abs(data["ratio"] - data["baseline_ms"] / data["ours_ms"]) < 1e-9
     assert set(data["end_to_end"]) == {"640x480", "1920x1080"}
     assert data["end_to_end"]["640x480"]["ours_ms"] == data["ours_ms"]
-    assert {"torchscript", "onnxruntime", "baseline"} <= set(data["end_to_end"]["640x480"]["paths"])
+    assert set(data["end_to_end"]["640x480"]["paths"]) == {"torchscript", "onnxruntime", "onnxruntime-int8", "baseline"}
+    assert data["end_to_end"]["640x480"]["ours_backend"] in ("torchscript", "onnxruntime")  # float32 only
+    assert abs(data["int8_ratio"] - data["baseline_ms"] / data["int8_ms"]) < 1e-9 and "int8" in printed
     assert data["preprocess"]["ratio"] > 0 and set(data["dense_crops"]["ms_per_frame"]) == {"1", "8", "32", "128"}
     assert set(data["dense_crops"]["budget_choice"]) == {"50", "100"}
     assert data["replay"]["torchscript"]["frames"] == 6 and data["replay"]["torchscript"]["frames_per_s"] > 0
@@ -28,9 +30,11 @@ def test_bench_suite_writes_every_case_with_baselines(tiny_file, tmp_path: Path,
     assert data["torch"] and data["threads"] == 2 and data["device"] == "cpu" and data["dtype"] == "fp32"
 
 
-def test_bench_refuses_unknown_cases(capsys) -> None:
+def test_bench_refuses_unknown_cases_and_paths(capsys) -> None:
     assert main(["bench", "--cases", "e2e,warp"]) == 2
     assert "unknown bench case" in capsys.readouterr().err
+    assert main(["bench", "--backends", "torchscript,tensorrt"]) == 2
+    assert "--backends must be a comma list of torchscript, onnxruntime, onnxruntime-int8" in capsys.readouterr().err
 
 
 def test_info_prints_the_contract(tiny_file, capsys) -> None:
