@@ -11,6 +11,8 @@ Cases:
    50 and 100 ms.
 4. Replay throughput (frames/s) of ``posenet-ros replay`` on a generated bag.
 5. Memory: peak RSS, and RSS after 1,000 and after 10,000 frames.
+6. Paced: latency and CPU use when frames come at a camera's rate (10 Hz) instead of back to back,
+   as the node sees them: idle worker threads go to sleep between frames and must be woken.
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ class BenchConfig:
     memory_frames: tuple[int, ...] = (1000, 10000)
     replay_frames: int = 100
     crop_iterations: int = 6
+    paced_frames: int = 50
 
 
 class Bench:
@@ -285,6 +288,30 @@ class Bench:
         out["seconds"] = time.perf_counter() - start
         return out
 
+    def paced(self, rate_hz: float = 10.0) -> dict[str, Any]:
+        """Per path: median/p95 latency of 640x480 frames arriving every 1/rate s, and the process's
+        CPU time over that stretch as a share of one core (idle engines' threads sleep)."""
+        msgs = [encode_image(f, "bgr8") for f in synthetic_frames(8)]
+        period, frames = 1.0 / rate_hz, self.cfg.paced_frames
+        out: dict[str, Any] = {"rate_hz": rate_hz, "frames": frames, "paths": {}}
+        for name, engine in self.engines.items():
+            for msg in msgs[:3]:
+                engine.localize(*decode_image(msg))
+            latencies = []
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            for i in range(frames):
+                start = time.perf_counter()
+                engine.localize(*decode_image(msgs[i % len(msgs)]))
+                latencies.append((time.perf_counter() - start) * 1000.0)
+                time.sleep(max(0.0, period - (time.perf_counter() - start)))
+            cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+            out["paths"][name] = {
+                "median_ms": float(np.median(latencies)),
+                "p95_ms": float(np.percentile(latencies, 95)),
+                "cpu_percent_of_one_core": 100.0 * cpu_share,
+            }
+        return out
+
     def machine(self) -> dict[str, Any]:
         return {
             "machine": platform.processor() or platform.machine(),
@@ -339,6 +366,8 @@ def run_suite(cfg: BenchConfig, cases: tuple[str, ...]) -> dict[str, Any]:
             results["replay"] = bench.replay_throughput(Path(tmp))
         if "memory" in cases:
             results["memory"] = bench.memory()
+        if "paced" in cases:
+            results["paced"] = bench.paced()
     return results
 
 
@@ -382,6 +411,13 @@ def format_results(r: dict[str, Any]) -> str:
             f"5. memory: after warm-up {m['rss_after_warmup_mb']:.0f} MB, {after}, "
             f"growth {m['growth_mb']:+.1f} MB, peak {m['peak_rss_mb']:.0f} MB"
         )
+    if "paced" in r:
+        p = r["paced"]
+        per = ", ".join(
+            f"{name} {v['median_ms']:.1f} ms (p95 {v['p95_ms']:.1f}, CPU {v['cpu_percent_of_one_core']:.0f}% of a core)"
+            for name, v in p["paths"].items()
+        )
+        lines.append(f"6. paced at {p['rate_hz']:g} Hz, 640x480, median latency: {per}")
     lines.extend(f"note: {n}" for n in r.get("notes", []))
     return "\n".join(lines)
 

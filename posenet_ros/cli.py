@@ -27,7 +27,7 @@ REPLAY_NODE_PARAMETERS = (
 )
 
 
-BENCH_CASES = ("e2e", "preprocess", "crops", "replay", "memory")
+BENCH_CASES = ("e2e", "preprocess", "crops", "replay", "memory", "paced")
 
 
 class UsageError(ValueError):
@@ -45,12 +45,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         marks = tuple(int(v) for v in args.memory_frames.split(","))
     except ValueError:
         raise UsageError(f"--memory-frames must be a comma list of integers, got {args.memory_frames!r}") from None
-    if args.iterations < 1 or args.threads < 1 or min(marks) < 1 or args.replay_frames < 1:
-        raise UsageError("--iterations, --threads, --memory-frames and --replay-frames must be >= 1")
+    if min(args.iterations, args.threads, *marks, args.replay_frames, args.paced_frames) < 1:
+        raise UsageError("--iterations, --threads, --memory-frames, --replay-frames and --paced-frames must be >= 1")
     backends = tuple(b.strip() for b in args.backends.split(","))
     if not backends or set(backends) - set(PATH_BACKENDS):
         raise UsageError(f"--backends must be a comma list of {', '.join(PATH_BACKENDS)}, got {args.backends!r}")
-    cfg = BenchConfig(args.model, args.iterations, args.threads, backends, marks, args.replay_frames)
+    cfg = BenchConfig(
+        args.model, args.iterations, args.threads, backends, marks, args.replay_frames, paced_frames=args.paced_frames
+    )
     return main_bench(cfg, cases, args.json)
 
 
@@ -136,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--memory-frames", default="1000,10000", help="frame counts at which RSS is read")
     bench.add_argument("--replay-frames", type=int, default=100, help="frames in the generated replay bag")
+    bench.add_argument("--paced-frames", type=int, default=50, help="frames per path at 10 Hz (default 50)")
     bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     bench.set_defaults(func=_cmd_bench)
 

@@ -11,9 +11,17 @@ from posenet_ros.cli import main
 def test_bench_suite_writes_every_case_with_baselines(tiny_file, tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(tiny_file[0]), "--iterations", "4", "--memory-frames", "5,10"]
-    assert main([*args, "--replay-frames", "6", "--json", str(out)]) == 0
+    assert main([*args, "--replay-frames", "6", "--paced-frames", "3", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    for text in ("baseline (copy, PIL, eager no_grad)", "speed-up", "preprocessing", "dense crops", "replay", "memory"):
+    for text in (
+        "baseline (copy, PIL",
+        "speed-up",
+        "preprocessing",
+        "dense crops",
+        "replay",
+        "memory",
+        "paced at 10 Hz",
+    ):
         assert text in printed
     data = json.loads(out.read_text())
     assert data["ours_ms"] > 0 and data["baseline_ms"] > 0
@@ -27,6 +35,8 @@ def test_bench_suite_writes_every_case_with_baselines(tiny_file, tmp_path: Path,
     assert set(data["dense_crops"]["budget_choice"]) == {"50", "100"}
     assert data["replay"]["torchscript"]["frames"] == 6 and data["replay"]["torchscript"]["frames_per_s"] > 0
     assert data["memory"]["rss_after_10_frames_mb"] > 0 and data["memory"]["peak_rss_mb"] > 0
+    assert set(data["paced"]["paths"]) == {"torchscript", "onnxruntime", "onnxruntime-int8"}
+    assert all(v["median_ms"] > 0 and v["cpu_percent_of_one_core"] > 0 for v in data["paced"]["paths"].values())
     assert data["torch"] and data["threads"] == 2 and data["device"] == "cpu" and data["dtype"] == "fp32"
 
 
