@@ -85,8 +85,12 @@ def load_onnx_session(path: str | Path, threads: int | None) -> tuple[Any, Contr
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.inter_op_num_threads = 1
-    # No busy-waiting between runs: the spinning pool would steal the cores preprocessing needs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Workers spin between the operators of a run (no wake-up per layer) but stop when the run
+    # returns, so they neither burn a core between frames nor steal the next frame's preprocessing.
+    # Measured here against no spinning: 22 vs 25-29 ms back to back, 25.5 vs 31-34 ms at 10 Hz,
+    # same CPU share (51%); spinning without the stop held 96% of a core at 10 Hz.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     if threads is not None:
         options.intra_op_num_threads = threads
     try:

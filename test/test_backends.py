@@ -41,6 +41,15 @@ def test_onnxruntime_backend_agrees_with_torchscript(posenet_file, onnx_file: Pa
             np.testing.assert_allclose(a.covariance, b.covariance, rtol=1e-3, atol=1e-9)
 
 
+def test_onnxruntime_workers_spin_within_a_run_only(onnx_file: Path) -> None:
+    """Spinning between layers, stopped after each run: no wake-up per layer, no core burnt
+    between frames (posenet-ros bench, case 6, shows the CPU share at 10 Hz)."""
+    options = Engine(onnx_file, EngineConfig(threads=2)).session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert options.intra_op_num_threads == 2
+
+
 def test_chunked_dense_crops_equal_one_batch(posenet_file) -> None:
     path, model = posenet_file
     engine = Engine(path, EngineConfig(device="cpu", max_crops=64))
