@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--realtime", action="store_true", help="feed frames at the recorded rate, as the node sees them")
     rp.add_argument("--rate", type=float, default=1.0, help="playback rate multiplier with --realtime (1.0)")
     rp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    rp.add_argument("--threads", type=int, help="CPU inference threads (default: torch's)")
+    rp.add_argument("--threads", type=int, help="CPU threads, inference and preprocessing (default: torch's)")
     for name in REPLAY_NODE_PARAMETERS:
         spec = SPECS[name]
         kind = type(spec.default)

@@ -60,7 +60,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec("device", "auto", f"inference device: {DEVICES_HELP}", read_only=True),
     ParamSpec("precision", "fp32", "fp32, or fp16/bf16 on CUDA", read_only=True, choices=("fp32", "fp16", "bf16")),
-    ParamSpec("threads", 0, "CPU inference threads (0: torch default)", read_only=True, range=(0, 256)),
+    ParamSpec(
+        "threads", 0, "CPU threads, inference and preprocessing (0: torch default)", read_only=True, range=(0, 256)
+    ),
     ParamSpec("compressed", False, "subscribe to <image>/compressed (sensor_msgs/CompressedImage)", read_only=True),
     ParamSpec("map_frame", "map", "frame_id of the published poses and parent of the published TF"),
     ParamSpec("camera_frame", "", "camera optical frame; empty: the image header's frame_id"),
