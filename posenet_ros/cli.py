@@ -98,12 +98,15 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 
     if args.int8 != (args.calibration is not None):
         raise UsageError("--int8 and --calibration go together (int8 needs frames to calibrate on)")
-    if args.int8:
-        frames = calibration_frames(args.calibration, args.calibration_frames, args.image_topic)
-        out = quantize_onnx(args.model, args.out, frames)
-        print(f"wrote {out} (int8, calibrated on {len(frames)} frames from {args.calibration})")
-    else:
-        print(f"wrote {export_onnx(args.model, args.out)}")
+    try:
+        if args.int8:
+            frames = calibration_frames(args.calibration, args.calibration_frames, args.image_topic)
+            out = quantize_onnx(args.model, args.out, frames)
+            print(f"wrote {out} (int8, calibrated on {len(frames)} frames from {args.calibration})")
+        else:
+            print(f"wrote {export_onnx(args.model, args.out)}")
+    except ImportError as exc:
+        raise UsageError(f"export-onnx needs onnx and onnxruntime (pip install 'posenet_ros[onnx]'): {exc}") from None
     return 0
 
 
@@ -164,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     onnx = sub.add_parser("export-onnx", help="convert a TorchScript model to ONNX for the onnxruntime backend")
     onnx.add_argument("model", type=Path, help="TorchScript .pt with its contract")
     onnx.add_argument("out", type=Path, help="output .onnx (the contract goes into its metadata)")
-    onnx.add_argument("--int8", action="store_true", help="quantize to int8 (about 1.7x faster on a CPU)")
+    onnx.add_argument("--int8", action="store_true", help="quantize to int8 (1.5-1.7x faster on a CPU, less accurate)")
     onnx.add_argument("--calibration", type=Path, help="int8: folder of images or a bag the robot recorded")
     onnx.add_argument("--calibration-frames", type=int, default=64, help="int8: frames spread over it (64)")
     onnx.add_argument("--image-topic", help="int8 from a bag: image topic (default: the only one)")

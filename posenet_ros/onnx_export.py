@@ -132,8 +132,8 @@ def quantize_onnx(
     output channel, uint8 activations whose ranges come from ``frames`` run through the model with
     the contract's own preprocessing (centre crop). Frames should look like what the robot will see:
     the scene's training images or a recording. The contract and how the file was quantized go
-    into the ONNX metadata. About 1.7x faster than float32 on an AVX2 CPU, at some accuracy cost
-    that ``posenet-train eval`` / ``posenet-ros replay`` on held-out frames measures."""
+    into the ONNX metadata. 1.5-1.7x faster than float32 on an AVX2 CPU, at some accuracy cost
+    that ``posenet-ros replay`` of a held-out recording with ground truth measures."""
     if not frames:
         raise CalibrationError("no calibration frames")
     import onnx
