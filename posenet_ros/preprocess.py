@@ -196,16 +196,14 @@ class CpuPreprocessor:
         self._helper = ThreadPoolExecutor(1, thread_name_prefix="preprocess") if threads > 1 else None
         self._source = _Scratch()  # float copy of the source region
         self._region = _Scratch()  # the resized region
-        self._buffer = np.empty((0, spec.input_height, spec.input_width, 3), dtype=np.float32)
+        self._crops = _Scratch()  # the network input, N x H x W x 3
 
     def __call__(self, image: np.ndarray, encoding: str, n_crops: int = 1) -> torch.Tensor:
         image = check_image(image, encoding)
         s = self.spec
         plan = crop_plan(image.shape[0], image.shape[1], s, n_crops)
         region = self._resize(image, plan)
-        if self._buffer.shape[0] < n_crops:
-            self._buffer = np.empty((n_crops, s.input_height, s.input_width, 3), dtype=np.float32)
-        out = self._buffer[:n_crops]
+        out = self._crops.view((n_crops, s.input_height, s.input_width, 3))
         affine = self._affine[encoding]
         for dst, (y, x) in zip(out, plan.offsets, strict=True):
             cv2.transform(region[y : y + s.input_height, x : x + s.input_width], affine, dst=dst)
