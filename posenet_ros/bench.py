@@ -13,6 +13,11 @@ Cases:
 5. Memory: peak RSS, and RSS after 1,000 and after 10,000 frames.
 6. Paced: latency and CPU use when frames come at a camera's rate (10 Hz) instead of back to back,
    as the node sees them: idle worker threads go to sleep between frames and must be woken.
+7. GPU: case 1's 640x480 centre crop on a CUDA device in each precision (fp32, fp16, bf16) against
+   the baseline run on the same device, ms per frame at 128 crops, and how far each reduced
+   precision moves the pose from fp32 on the same frames. Without CUDA it is reported as not
+   measured; ``--gpu-device cpu`` runs the same case on the CPU (fp32 timing, reduced-precision
+   numerics only), which is how it is tested on machines without a GPU.
 """
 
 from __future__ import annotations
@@ -33,11 +38,20 @@ import numpy as np
 import torch
 
 from posenet_ros.contract import Contract, Preprocessing
-from posenet_ros.engine import Engine, EngineConfig
+from posenet_ros.engine import (
+    PRECISIONS,
+    Engine,
+    EngineConfig,
+    EngineError,
+    cast_frozen_constants,
+    load_model,
+    resolve_device,
+)
 from posenet_ros.export import export_torchscript
+from posenet_ros.geometry import quat_unit, rotation_error_deg
 from posenet_ros.image_codec import RawImage, decode_image, encode_image
 from posenet_ros.model import PoseNet
-from posenet_ros.preprocess import CpuPreprocessor
+from posenet_ros.preprocess import CpuPreprocessor, TorchPreprocessor
 
 SIZES = ((640, 480), (1920, 1080))
 # Bench path -> engine backend. The headline compares float32 paths (the ones held to the reference
@@ -46,6 +60,7 @@ PATH_BACKENDS = {"torchscript": "torchscript", "onnxruntime": "onnxruntime", "on
 FLOAT_PATHS = ("torchscript", "onnxruntime")
 CROP_COUNTS = (1, 8, 32, 128)
 BUDGETS_MS = (50.0, 100.0)
+GPU_CROPS = 128  # the H100 target's dense-crop count
 
 
 def synthetic_frames(n: int, height: int = 480, width: int = 640, seed: int = 0) -> list[np.ndarray]:
@@ -62,14 +77,16 @@ def synthetic_frames(n: int, height: int = 480, width: int = 640, seed: int = 0)
 
 class PublicPortBaseline:
     """The inference path of typical public PoseNet ports, kept honest: same model architecture,
-    eager, float32, the same thread count."""
+    eager, float32, the same thread count; on a GPU the model runs there and the preprocessed
+    tensor is copied to it, as those ports do."""
 
-    def __init__(self, spec: Preprocessing, model: torch.nn.Module) -> None:
+    def __init__(self, spec: Preprocessing, model: torch.nn.Module, device: torch.device | None = None) -> None:
         from PIL import Image  # optional dependency: only the benchmark needs it
 
         self._image = Image
         self.spec = spec
-        self.model = model.eval()
+        self.device = device or torch.device("cpu")
+        self.model = model.eval().to(self.device)
         self.mean = torch.tensor(spec.mean).view(3, 1, 1)
         self.std = torch.tensor(spec.std).view(3, 1, 1)
 
@@ -87,9 +104,9 @@ class PublicPortBaseline:
         return ((x - self.mean) / self.std).unsqueeze(0)
 
     def __call__(self, msg: RawImage) -> np.ndarray:
-        x = self.preprocess(msg)
+        x = self.preprocess(msg).to(self.device)
         with torch.no_grad():
-            out = self.model(x)[0].numpy().astype(np.float64)
+            out = self.model(x)[0].cpu().numpy().astype(np.float64)
         q = out[3:] / np.linalg.norm(out[3:])
         return np.concatenate([out[:3], q])
 
@@ -147,6 +164,7 @@ class BenchConfig:
     replay_frames: int = 100
     crop_iterations: int = 6
     paced_frames: int = 50
+    gpu_device: str = "cuda"  # case 7's device; "cpu" runs the case's mechanics without a GPU
 
 
 class Bench:
@@ -312,6 +330,58 @@ class Bench:
             }
         return out
 
+    def gpu(self) -> dict[str, Any]:
+        """Case 7 on ``cfg.gpu_device``: per precision the engine runs there, 640x480 centre crop end
+        to end against the baseline on the same device and ms per frame at 128 crops; per reduced
+        precision, its pose difference from fp32 on the same frames."""
+        try:
+            device = resolve_device(self.cfg.gpu_device)
+        except EngineError as exc:
+            return {"measured": False, "reason": str(exc)}
+        # The engine refuses reduced precision on the CPU (no fast kernels there): time fp32 only.
+        timed = tuple(PRECISIONS) if device.type == "cuda" else ("fp32",)
+        model = self.model_paths["torchscript"]
+        engines = {
+            p: Engine(
+                model,
+                EngineConfig(
+                    backend="torchscript",
+                    device=str(device),
+                    precision=p,
+                    threads=self.cfg.threads,
+                    crops=1,
+                    max_crops=GPU_CROPS,
+                ),
+            )
+            for p in timed
+        }
+        frames = synthetic_frames(8)
+        msgs = [encode_image(f, "bgr8") for f in frames]
+        paths: dict[str, Callable[[Any], Any]] = {"baseline": PublicPortBaseline(self.spec, PoseNet(), device)}
+        for p, engine in engines.items():
+            paths[p] = lambda msg, e=engine: e.localize(*decode_image(msg))
+        t = time_interleaved(paths, msgs, self.cfg.iterations)
+        best = min(timed, key=lambda p: t[p].median_ms)
+        dense = {}
+        for p, engine in engines.items():
+            run = {p: lambda f, e=engine: e.localize(f, "bgr8", crops=GPU_CROPS)}
+            dense[p] = time_interleaved(run, frames[:1], max(2, self.cfg.crop_iterations), 1, 2)[p].as_dict()
+        return {
+            "measured": True,
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+            "ours_ms": t[best].median_ms,
+            "ours_precision": best,
+            "baseline_ms": t["baseline"].median_ms,
+            "ratio": t["baseline"].median_ms / t[best].median_ms,
+            "paths": {name: timing.as_dict() for name, timing in t.items()},
+            "crops": GPU_CROPS,
+            "dense_ms_per_frame": dense,
+            "agreement_with_fp32": {
+                p: precision_agreement(model, frames, device, p) for p in PRECISIONS if p != "fp32"
+            },
+        }
+
     def machine(self) -> dict[str, Any]:
         return {
             "machine": platform.processor() or platform.machine(),
@@ -328,6 +398,47 @@ class Bench:
             else None,
             "model_input": f"{self.spec.input_width}x{self.spec.input_height}",
         }
+
+
+def precision_agreement(
+    model_path: Path, frames: list[np.ndarray], device: torch.device, precision: str
+) -> dict[str, float | int]:
+    """How far ``precision`` moves the pose from fp32 over ``frames`` (bgr8) on ``device``: the
+    frozen weights cast as the engine casts them, the frames preprocessed as the engine does on a
+    GPU. On the CPU this measures the numbers only; the engine runs reduced precision on CUDA."""
+    reference, contract = load_model(model_path, map_location=device)
+    reduced, _ = load_model(model_path, map_location=device)
+    dtype = PRECISIONS[precision]
+    cast_frozen_constants(reduced, dtype)
+    spec = contract.preprocessing
+    full, low = TorchPreprocessor(spec, device), TorchPreprocessor(spec, device, dtype)
+    moved, turned, non_finite = [], [], 0
+    fusion = torch.jit.onednn_fusion_enabled()
+    # oneDNN graph fusion (switched on by CPU engines) cannot build fp16 graphs on the CPU.
+    torch.jit.enable_onednn_fusion(False)
+    try:
+        with torch.inference_mode():
+            for frame in frames:
+                a = reference(full(frame, "bgr8")).double().cpu().numpy()[0]
+                b = reduced(low(frame, "bgr8")).double().cpu().numpy()[0]
+                if not np.all(np.isfinite(b)) or not np.any(b[3:]):
+                    non_finite += 1
+                    continue
+                positions = contract.output.positions(np.stack([a[:3], b[:3]]))
+                moved.append(float(np.linalg.norm(positions[0] - positions[1])))
+                turned.append(float(rotation_error_deg(quat_unit(a[3:]), quat_unit(b[3:]))))
+    finally:
+        torch.jit.enable_onednn_fusion(fusion)
+    out: dict[str, float | int] = {"frames": len(frames), "non_finite": non_finite}
+    if moved:
+        out.update(
+            position_median_m=float(np.median(moved)),
+            position_max_m=max(moved),
+            rotation_median_deg=float(np.median(turned)),
+            rotation_max_deg=max(turned),
+            scene_extent_m=max(contract.scene.extent),
+        )
+    return out
 
 
 def _cpu_name() -> str:
@@ -368,6 +479,10 @@ def run_suite(cfg: BenchConfig, cases: tuple[str, ...]) -> dict[str, Any]:
             results["memory"] = bench.memory()
         if "paced" in cases:
             results["paced"] = bench.paced()
+        if "gpu" in cases:
+            results["gpu"] = bench.gpu()
+            if not results["gpu"]["measured"]:
+                bench.notes.append(f"gpu case not measured: {results['gpu']['reason']}")
     return results
 
 
@@ -418,8 +533,30 @@ def format_results(r: dict[str, Any]) -> str:
             for name, v in p["paths"].items()
         )
         lines.append(f"6. paced at {p['rate_hz']:g} Hz, 640x480, median latency: {per}")
+    if r.get("gpu", {}).get("measured"):
+        lines.extend(_format_gpu(r["gpu"]))
     lines.extend(f"note: {n}" for n in r.get("notes", []))
     return "\n".join(lines)
+
+
+def _format_gpu(g: dict[str, Any]) -> list[str]:
+    per = ", ".join(f"{name} {t['median_ms']:.2f}" for name, t in g["paths"].items())
+    dense = ", ".join(f"{p} {t['median_ms']:.2f}" for p, t in g["dense_ms_per_frame"].items())
+    lines = [
+        f"7. gpu {g['device']} ({g['device_name']}), 640x480 centre crop, median ms: {per}; "
+        f"speed-up ({g['ours_precision']}): {g['ratio']:.2f}x",
+        f"   {g['crops']} crops, ms per frame: {dense}",
+    ]
+    for p, a in g["agreement_with_fp32"].items():
+        if "position_max_m" in a:
+            lines.append(
+                f"   {p} vs fp32 over {a['frames']} frames: position median {a['position_median_m']:.2e} m "
+                f"(max {a['position_max_m']:.2e}), rotation median {a['rotation_median_deg']:.3f} deg "
+                f"(max {a['rotation_max_deg']:.3f}), non-finite {a['non_finite']}"
+            )
+        else:
+            lines.append(f"   {p} vs fp32: all {a['frames']} outputs non-finite")
+    return lines
 
 
 def main_bench(cfg: BenchConfig, cases: tuple[str, ...], json_path: Path | None) -> int:

@@ -27,7 +27,7 @@ REPLAY_NODE_PARAMETERS = (
 )
 
 
-BENCH_CASES = ("e2e", "preprocess", "crops", "replay", "memory", "paced")
+BENCH_CASES = ("e2e", "preprocess", "crops", "replay", "memory", "paced", "gpu")
 
 
 class UsageError(ValueError):
@@ -51,7 +51,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if not backends or set(backends) - set(PATH_BACKENDS):
         raise UsageError(f"--backends must be a comma list of {', '.join(PATH_BACKENDS)}, got {args.backends!r}")
     cfg = BenchConfig(
-        args.model, args.iterations, args.threads, backends, marks, args.replay_frames, paced_frames=args.paced_frames
+        args.model,
+        args.iterations,
+        args.threads,
+        backends,
+        marks,
+        args.replay_frames,
+        paced_frames=args.paced_frames,
+        gpu_device=args.gpu_device,
     )
     return main_bench(cfg, cases, args.json)
 
@@ -142,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--memory-frames", default="1000,10000", help="frame counts at which RSS is read")
     bench.add_argument("--replay-frames", type=int, default=100, help="frames in the generated replay bag")
     bench.add_argument("--paced-frames", type=int, default=50, help="frames per path at 10 Hz (default 50)")
+    bench.add_argument(
+        "--gpu-device", default="cuda", help="torch device of the gpu case (default cuda; cpu checks the case itself)"
+    )
     bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     bench.set_defaults(func=_cmd_bench)
 

@@ -145,6 +145,28 @@ def test_int8_export_is_quantized_and_stays_close_to_float(demo_scene: Path, tmp
     assert max(moved) < 0.06 and max(turned) < 6.0
 
 
+def test_reduced_precision_agreement_with_fp32_on_the_demo_scene(demo_scene: Path) -> None:
+    """The fp16/bf16 figure, on the CPU's kernels (the engine runs them on CUDA, where the bench's
+    gpu case reports the same figure). Measured on these 24 frames: fp16 moves the position a median
+    0.34 mm (max 0.80 mm) in a 5.5 m scene and the rotation 0.028 deg (max 0.052); bf16 3.0 mm
+    (max 8.7 mm) and 0.20 deg (max 0.40). So fp16 keeps the float32 bounds in position, and in
+    rotation in the median; bf16 does not."""
+    from posenet_ros.bench import precision_agreement
+
+    frames = [cv2.imread(str(p)) for p in sorted((demo_scene / "seq-02").glob("*.png"))]
+    fusion = torch.jit.onednn_fusion_enabled()
+    fp16 = precision_agreement(DEMO_MODEL, frames, torch.device("cpu"), "fp16")
+    bf16 = precision_agreement(DEMO_MODEL, frames, torch.device("cpu"), "bf16")
+    assert torch.jit.onednn_fusion_enabled() == fusion  # the process-wide switch is put back
+    extent = fp16["scene_extent_m"]
+    assert fp16["frames"] == bf16["frames"] == 24 and fp16["non_finite"] == bf16["non_finite"] == 0
+    assert 0 < fp16["position_max_m"] < 1e-3 * extent and 0 < fp16["rotation_median_deg"] < 0.05
+    assert fp16["rotation_max_deg"] < 0.15
+    # bf16 keeps 8 mantissa bits to fp16's 11: several times further off, and it shows.
+    assert fp16["position_median_m"] * 3 < bf16["position_median_m"] < 2e-3 * extent
+    assert bf16["rotation_max_deg"] < 1.0
+
+
 def test_int8_calibration_frames_from_a_bag(demo_scene: Path, tmp_path: Path) -> None:
     from posenet_ros.bagio import BagWriter
     from posenet_ros.image_codec import encode_image

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from posenet_ros.cli import main
 
 
@@ -38,6 +41,30 @@ def test_bench_suite_writes_every_case_with_baselines(tiny_file, tmp_path: Path,
     assert set(data["paced"]["paths"]) == {"torchscript", "onnxruntime", "onnxruntime-int8"}
     assert all(v["median_ms"] > 0 and v["cpu_percent_of_one_core"] > 0 for v in data["paced"]["paths"].values())
     assert data["torch"] and data["threads"] == 2 and data["device"] == "cpu" and data["dtype"] == "fp32"
+
+
+def test_bench_gpu_case_runs_on_the_device_it_is_given(tiny_file, tmp_path: Path, capsys) -> None:
+    """On a CUDA machine the case times fp32/fp16/bf16; on the CPU (the engine's reduced precision is
+    CUDA-only) it times fp32 and still measures how far fp16 and bf16 move the pose."""
+    out = tmp_path / "gpu.json"
+    args = ["bench", "--model", str(tiny_file[0]), "--cases", "gpu", "--gpu-device", "cpu", "--iterations", "3"]
+    assert main([*args, "--backends", "torchscript", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    g = json.loads(out.read_text())["gpu"]
+    assert g["measured"] and g["device"] == "cpu" and g["ours_precision"] == "fp32"
+    assert set(g["paths"]) == {"baseline", "fp32"} and abs(g["ratio"] - g["baseline_ms"] / g["ours_ms"]) < 1e-9
+    assert g["crops"] == 128 and g["dense_ms_per_frame"]["fp32"]["median_ms"] > g["ours_ms"]
+    for precision in ("fp16", "bf16"):
+        a = g["agreement_with_fp32"][precision]
+        assert a["frames"] == 8 and a["non_finite"] == 0
+        assert 0 < a["position_median_m"] <= a["position_max_m"] < 0.1 and a["rotation_max_deg"] < 5.0
+    assert "7. gpu cpu" in printed and "fp16 vs fp32 over 8 frames" in printed
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report when there is no GPU")
+def test_bench_gpu_case_without_cuda_says_not_measured(tiny_file, capsys) -> None:
+    assert main(["bench", "--model", str(tiny_file[0]), "--cases", "gpu", "--backends", "torchscript"]) == 0
+    assert "gpu case not measured: device 'cuda' requested but CUDA is not available" in capsys.readouterr().out
 
 
 def test_bench_refuses_unknown_cases_and_paths(capsys) -> None:
