@@ -41,6 +41,7 @@ def test_bench_suite_writes_every_case_with_baselines(tiny_file, tmp_path: Path,
     assert set(data["paced"]["paths"]) == {"torchscript", "onnxruntime", "onnxruntime-int8"}
     assert all(v["median_ms"] > 0 and v["cpu_percent_of_one_core"] > 0 for v in data["paced"]["paths"].values())
     assert data["torch"] and data["threads"] == 2 and data["device"] == "cpu" and data["dtype"] == "fp32"
+    assert data["gpu"]["measured"] == torch.cuda.is_available()  # all cases run by default, the GPU one too
 
 
 def test_bench_gpu_case_runs_on_the_device_it_is_given(tiny_file, tmp_path: Path, capsys) -> None:
