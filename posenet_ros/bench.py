@@ -338,30 +338,30 @@ class Bench:
             device = resolve_device(self.cfg.gpu_device)
         except EngineError as exc:
             return {"measured": False, "reason": str(exc)}
-        # The engine refuses reduced precision on the CPU (no fast kernels there): time fp32 only.
-        timed = tuple(PRECISIONS) if device.type == "cuda" else ("fp32",)
         model = self.model_paths["torchscript"]
-        engines = {
-            p: Engine(
-                model,
-                EngineConfig(
-                    backend="torchscript",
-                    device=str(device),
-                    precision=p,
-                    threads=self.cfg.threads,
-                    crops=1,
-                    max_crops=GPU_CROPS,
-                ),
+        engines, refused = {}, {}
+        for p in PRECISIONS:
+            config = EngineConfig(
+                backend="torchscript",
+                device=str(device),
+                precision=p,
+                threads=self.cfg.threads,
+                crops=1,
+                max_crops=GPU_CROPS,
             )
-            for p in timed
-        }
+            try:
+                engines[p] = Engine(model, config)
+            except (EngineError, RuntimeError) as exc:  # reduced precision on the CPU, or a GPU without bf16
+                refused[p] = str(exc).strip().splitlines()[0]
+        if "fp32" not in engines:
+            return {"measured": False, "reason": refused["fp32"]}
         frames = synthetic_frames(8)
         msgs = [encode_image(f, "bgr8") for f in frames]
         paths: dict[str, Callable[[Any], Any]] = {"baseline": PublicPortBaseline(self.spec, PoseNet(), device)}
         for p, engine in engines.items():
             paths[p] = lambda msg, e=engine: e.localize(*decode_image(msg))
         t = time_interleaved(paths, msgs, self.cfg.iterations)
-        best = min(timed, key=lambda p: t[p].median_ms)
+        best = min(engines, key=lambda p: t[p].median_ms)
         dense = {}
         for p, engine in engines.items():
             run = {p: lambda f, e=engine: e.localize(f, "bgr8", crops=GPU_CROPS)}
@@ -377,8 +377,12 @@ class Bench:
             "paths": {name: timing.as_dict() for name, timing in t.items()},
             "crops": GPU_CROPS,
             "dense_ms_per_frame": dense,
+            "not_timed": refused,
+            # On the CPU the numbers can be measured even though the engine will not run them.
             "agreement_with_fp32": {
-                p: precision_agreement(model, frames, device, p) for p in PRECISIONS if p != "fp32"
+                p: precision_agreement(model, frames, device, p)
+                for p in PRECISIONS
+                if p != "fp32" and (p in engines or device.type == "cpu")
             },
         }
 
@@ -547,6 +551,7 @@ def _format_gpu(g: dict[str, Any]) -> list[str]:
         f"speed-up ({g['ours_precision']}): {g['ratio']:.2f}x",
         f"   {g['crops']} crops, ms per frame: {dense}",
     ]
+    lines.extend(f"   {p} not timed: {why}" for p, why in g["not_timed"].items())
     for p, a in g["agreement_with_fp32"].items():
         if "position_max_m" in a:
             lines.append(

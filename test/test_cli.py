@@ -55,11 +55,12 @@ def test_bench_gpu_case_runs_on_the_device_it_is_given(tiny_file, tmp_path: Path
     assert g["measured"] and g["device"] == "cpu" and g["ours_precision"] == "fp32"
     assert set(g["paths"]) == {"baseline", "fp32"} and abs(g["ratio"] - g["baseline_ms"] / g["ours_ms"]) < 1e-9
     assert g["crops"] == 128 and g["dense_ms_per_frame"]["fp32"]["median_ms"] > g["ours_ms"]
+    assert set(g["not_timed"]) == {"fp16", "bf16"} and "needs a CUDA device" in g["not_timed"]["fp16"]
     for precision in ("fp16", "bf16"):
         a = g["agreement_with_fp32"][precision]
         assert a["frames"] == 8 and a["non_finite"] == 0
         assert 0 < a["position_median_m"] <= a["position_max_m"] < 0.1 and a["rotation_max_deg"] < 5.0
-    assert "7. gpu cpu" in printed and "fp16 vs fp32 over 8 frames" in printed
+    assert "7. gpu cpu" in printed and "fp16 vs fp32 over 8 frames" in printed and "bf16 not timed" in printed
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report when there is no GPU")
