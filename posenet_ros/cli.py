@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -50,6 +51,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     backends = tuple(b.strip() for b in args.backends.split(","))
     if not backends or set(backends) - set(PATH_BACKENDS):
         raise UsageError(f"--backends must be a comma list of {', '.join(PATH_BACKENDS)}, got {args.backends!r}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.gpu_device):
+        raise UsageError(f"--gpu-device must be cuda, cuda:N or cpu, got {args.gpu_device!r}")
     cfg = BenchConfig(
         args.model,
         args.iterations,

@@ -74,6 +74,8 @@ def test_bench_refuses_unknown_cases_and_paths(capsys) -> None:
     assert "unknown bench case" in capsys.readouterr().err
     assert main(["bench", "--backends", "torchscript,tensorrt"]) == 2
     assert "--backends must be a comma list of torchscript, onnxruntime, onnxruntime-int8" in capsys.readouterr().err
+    assert main(["bench", "--gpu-device", "tpu"]) == 2
+    assert "--gpu-device must be cuda, cuda:N or cpu, got 'tpu'" in capsys.readouterr().err
 
 
 def test_info_prints_the_contract(tiny_file, capsys) -> None:
