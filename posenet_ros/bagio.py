@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from posenet_ros.errors import first_line
 from posenet_ros.geometry import Pose, wxyz_to_xyzw
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -32,11 +33,6 @@ DISTRO_VERSIONS = {"humble": 5, "jazzy": 8, "kilted": 9}
 
 class BagError(RuntimeError):
     """The bag cannot be read or written as asked; the message is one line."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(a) for a in exc.args) if exc.args else ""
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -123,7 +119,7 @@ def open_bag(path: str | Path) -> Iterator[Any]:
         except BagError:
             raise
         except Exception as exc:  # rosbags raises its own errors, OSError, sqlite and YAML errors
-            raise BagError(f"cannot read bag {path}: {_first_line(exc)}") from None
+            raise BagError(f"cannot read bag {path}: {first_line(exc)}") from None
         try:
             yield reader
         finally:
@@ -168,9 +164,7 @@ def read_messages(reader: Any, topics: list[str]) -> Iterator[BagMessage]:
         try:
             msg = reader.deserialize(raw, conn.msgtype)
         except Exception as exc:  # a corrupt payload raises anything from struct/index errors to rosbags ones
-            yield BagMessage(
-                conn.topic, conn.msgtype, log_time, None, f"undecodable {conn.msgtype}: {_first_line(exc)}"
-            )
+            yield BagMessage(conn.topic, conn.msgtype, log_time, None, f"undecodable {conn.msgtype}: {first_line(exc)}")
             continue
         yield BagMessage(conn.topic, conn.msgtype, log_time, msg)
 
@@ -225,7 +219,7 @@ class BagWriter:
         try:
             self._writer.open()
         except Exception as exc:
-            raise BagError(f"cannot write bag {self.path}: {_first_line(exc)}") from None
+            raise BagError(f"cannot write bag {self.path}: {first_line(exc)}") from None
 
     def add_topic(self, topic: str, msgtype: str, qos: TopicQos = TopicQos()) -> None:
         from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime

@@ -47,6 +47,7 @@ from posenet_ros.engine import (
     load_model,
     resolve_device,
 )
+from posenet_ros.errors import first_line
 from posenet_ros.export import export_torchscript
 from posenet_ros.geometry import quat_unit, rotation_error_deg
 from posenet_ros.image_codec import RawImage, decode_image, encode_image
@@ -352,7 +353,7 @@ class Bench:
             try:
                 engines[p] = Engine(model, config)
             except (EngineError, RuntimeError) as exc:  # reduced precision on the CPU, or a GPU without bf16
-                refused[p] = str(exc).strip().splitlines()[0]
+                refused[p] = first_line(exc)
         if "fp32" not in engines:
             return {"measured": False, "reason": refused["fp32"]}
         frames = synthetic_frames(8)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from posenet_ros.contract import EXTRA_FILE_NAME, UNCERTAINTY_MODES, Calibration, Contract, ContractError
+from posenet_ros.errors import first_line
 from posenet_ros.geometry import Pose, quat_average, quat_conjugate, quat_multiply, quat_to_rotation_vector, quat_unit
 from posenet_ros.preprocess import CpuPreprocessor, InputError, TorchPreprocessor
 
@@ -50,8 +51,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     try:
         module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
     except Exception as exc:  # torch raises RuntimeError/ValueError/zipfile errors for non-TorchScript input
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{path}: not a TorchScript file ({first_line})") from None
+        raise ModelLoadError(f"{path}: not a TorchScript file ({first_line(exc)})") from None
     if not extra[EXTRA_FILE_NAME]:
         raise ModelLoadError(
             f"{path}: no posenet contract ({EXTRA_FILE_NAME}) in the file; export it with posenet-train export"
@@ -96,8 +96,7 @@ def load_onnx_session(path: str | Path, threads: int | None) -> tuple[Any, Contr
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types for non-ONNX input
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{path}: not an ONNX model ({first_line})") from None
+        raise ModelLoadError(f"{path}: not an ONNX model ({first_line(exc)})") from None
     text = session.get_modelmeta().custom_metadata_map.get(EXTRA_FILE_NAME, "")
     if not text:
         raise ModelLoadError(

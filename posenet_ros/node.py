@@ -25,6 +25,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from tf2_ros import Buffer, TransformBroadcaster, TransformException, TransformListener
 
 from posenet_ros.engine import Engine, EngineError
+from posenet_ros.errors import first_line
 from posenet_ros.geometry import Pose
 from posenet_ros.image_codec import ImageDecodeError, decode
 from posenet_ros.relocalizer import (
@@ -102,7 +103,7 @@ class ImageConverter:
             decode(msg)  # same validation and messages as the built-in path (cheap: a strided view)
             return self._bridge.imgmsg_to_cv2(msg, "passthrough"), msg.encoding
         except CvBridgeError as exc:
-            raise ImageDecodeError(str(exc).splitlines()[0]) from None
+            raise ImageDecodeError(first_line(exc)) from None
 
 
 class RelocalizerNode(Node):

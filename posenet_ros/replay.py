@@ -26,6 +26,7 @@ import numpy as np
 
 from posenet_ros.bagio import BagMessage, BagWriter, TopicQos, open_bag, pick_image_topic, read_messages, storage_of
 from posenet_ros.engine import Engine
+from posenet_ros.errors import first_line
 from posenet_ros.geometry import Pose, position_error, rotation_error_deg
 from posenet_ros.groundtruth import GroundTruth, GroundTruthSource
 from posenet_ros.image_codec import decode
@@ -164,8 +165,7 @@ def _image_messages(reader: Any, topic: str, run_error: list[str]) -> Iterator[B
     try:
         yield from read_messages(reader, [topic])
     except Exception as exc:  # a truncated file or corrupt page surfaces from the storage layer
-        text = str(exc).strip().splitlines()
-        run_error.append(f"bag read failed: {text[0] if text else type(exc).__name__}")
+        run_error.append(f"bag read failed: {first_line(exc)}")
 
 
 def _progress(cfg: ReplayConfig, total: int) -> Any:

@@ -218,3 +218,11 @@ def test_threads_setting_is_applied(tiny_file) -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_error_messages_are_cut_to_their_first_line() -> None:
+    from posenet_ros.errors import first_line
+
+    assert first_line(RuntimeError("bad header\n  at frame 3\n")) == "bad header"
+    assert first_line(RuntimeError()) == "RuntimeError" and first_line(ValueError("  \n")) == "ValueError"
+    assert first_line(KeyError("topic")) == "topic"  # no repr quotes
