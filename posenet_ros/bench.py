@@ -142,6 +142,14 @@ def time_interleaved(
     return {name: Timing(float(np.median(v)), float(np.percentile(v, 95)), len(v)) for name, v in samples.items()}
 
 
+def message_paths(baseline: PublicPortBaseline, engines: dict[str, Engine]) -> dict[str, Callable[[Any], Any]]:
+    """The timed paths of an end-to-end race: the baseline and each engine, Image message in."""
+    paths: dict[str, Callable[[Any], Any]] = {"baseline": baseline}
+    for name, engine in engines.items():
+        paths[name] = lambda msg, e=engine: e.localize(*decode_image(msg))
+    return paths
+
+
 def rss_mb() -> float:
     """Current resident set size (Linux /proc; elsewhere the peak)."""
     try:
@@ -204,9 +212,7 @@ class Bench:
 
     def end_to_end(self, width: int, height: int) -> dict[str, Any]:
         frames = [encode_image(f, "bgr8") for f in synthetic_frames(8, height, width)]
-        paths: dict[str, Callable[[Any], Any]] = {"baseline": self.baseline}
-        for name, engine in self.engines.items():
-            paths[name] = lambda msg, e=engine: e.localize(*decode_image(msg))
+        paths = message_paths(self.baseline, self.engines)
         t = time_interleaved(paths, frames, self.cfg.iterations)
         base = t["baseline"]
         out: dict[str, Any] = {"baseline_ms": base.median_ms, "baseline_p95_ms": base.p95_ms}
@@ -358,9 +364,7 @@ class Bench:
             return {"measured": False, "reason": refused["fp32"]}
         frames = synthetic_frames(8)
         msgs = [encode_image(f, "bgr8") for f in frames]
-        paths: dict[str, Callable[[Any], Any]] = {"baseline": PublicPortBaseline(self.spec, PoseNet(), device)}
-        for p, engine in engines.items():
-            paths[p] = lambda msg, e=engine: e.localize(*decode_image(msg))
+        paths = message_paths(PublicPortBaseline(self.spec, PoseNet(), device), engines)
         t = time_interleaved(paths, msgs, self.cfg.iterations)
         best = min(engines, key=lambda p: t[p].median_ms)
         dense = {}
