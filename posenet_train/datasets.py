@@ -14,6 +14,8 @@ Converters (each checks what it reads and names file and line on any problem):
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -29,6 +31,10 @@ CSV_COLUMNS = ("image", "split", "x", "y", "z", "qw", "qx", "qy", "qz")
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 UNIT_TOLERANCE = 1e-3  # stored quaternions are printed with ~6 digits in some data sets
+# A norm this close to 1 is rounding in whoever normalized it: the quaternion is kept bit for bit, so
+# normalizing is idempotent and a CSV round trip exact (dividing by a norm one ulp off 1 changes every
+# component, and which ulp depends on the CPU's BLAS/SIMD kernel).
+UNIT_EXACT = 1e-12
 
 
 class DatasetError(ValueError):
@@ -46,15 +52,23 @@ class PoseRecord:
         return Pose(self.position, self.quaternion)
 
 
+def exact_norm(values: Iterable[float]) -> float:
+    """Euclidean norm with every step correctly rounded (IEEE products, ``math.fsum``, ``math.sqrt``):
+    the same bits on every CPU, unlike ``np.linalg.norm``, whose summation order and FMA use follow
+    the BLAS/SIMD kernel picked for the machine (AVX2 and AVX-512 differ in the last bit)."""
+    return math.sqrt(math.fsum(float(v) * float(v) for v in values))
+
+
 def checked_quaternion(q: Iterable[float], where: str) -> np.ndarray:
-    """A finite, unit-norm (within tolerance) quaternion, renormalized and made canonical."""
+    """A finite, unit-norm (within tolerance) quaternion, normalized and made canonical. Idempotent on
+    every CPU: a quaternion that is already unit to rounding (``UNIT_EXACT``) comes back unchanged."""
     q = np.asarray(list(q), dtype=np.float64)
     if q.shape != (4,) or not np.all(np.isfinite(q)):
         raise DatasetError(f"{where}: quaternion is not 4 finite numbers: {q.tolist()}")
-    norm = float(np.linalg.norm(q))
+    norm = exact_norm(q)
     if abs(norm - 1.0) > UNIT_TOLERANCE:
         raise DatasetError(f"{where}: quaternion is not unit length (norm {norm:.6f})")
-    return quat_canonical(q / norm)
+    return quat_canonical(q if abs(norm - 1.0) <= UNIT_EXACT else q / norm)
 
 
 def checked_floats(fields: list[str], n: int, where: str) -> np.ndarray:
@@ -69,17 +83,27 @@ def checked_floats(fields: list[str], n: int, where: str) -> np.ndarray:
     return values
 
 
+def read_text(path: Path) -> str:
+    """UTF-8 whatever the locale says (a UTF-8 BOM, as Windows editors write, is dropped); bytes that
+    are not text are a DatasetError naming the file, not a UnicodeDecodeError."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
 # -- canonical format --------------------------------------------------------------------------
 
 
 def write_poses_csv(path: str | Path, records: list[PoseRecord]) -> Path:
-    """Write atomically; full float precision (repr) so a round trip is exact."""
+    """Write atomically what ``read_poses_csv`` will return: the quaternion through the reader's own
+    ``checked_quaternion`` (a fixed point of it), every float in repr, so a round trip is exact."""
     path = Path(path)
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
-        for r in records:
-            q = quat_canonical(r.quaternion)
+        for i, r in enumerate(records):
+            q = checked_quaternion(r.quaternion, f"{path}: record {i} ({r.image})")
             w.writerow([r.image, r.split, *map(repr, map(float, r.position)), *map(repr, map(float, q))])
     return path
 
@@ -92,7 +116,7 @@ def read_poses_csv(path: str | Path, check_images: bool = True) -> list[PoseReco
     if not path.is_file():
         raise DatasetError(f"{path}: no such file (a canonical data set needs poses.csv)")
     records = []
-    with path.open(newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or tuple(h.strip() for h in header) != CSV_COLUMNS:
@@ -132,7 +156,7 @@ def read_seven_scenes(root: Path) -> list[PoseRecord]:
         split_file = root / fname
         if not split_file.is_file():
             raise DatasetError(f"{split_file}: missing (7-Scenes lists its sequences there)")
-        for line_no, line in enumerate(split_file.read_text().splitlines(), start=1):
+        for line_no, line in enumerate(read_text(split_file).splitlines(), start=1):
             if not line.strip():
                 continue
             m = re.fullmatch(r"\s*sequence(\d+)\s*", line)
@@ -157,7 +181,7 @@ def _seven_scenes_sequence(root: Path, seq: Path, split: str) -> list[PoseRecord
         )
         if image is None:
             raise DatasetError(f"{pose_file}: no image {stem}.color.<png|jpg|...> next to it")
-        rows = [ln.split() for ln in pose_file.read_text().splitlines() if ln.strip()]
+        rows = [ln.split() for ln in read_text(pose_file).splitlines() if ln.strip()]
         if len(rows) != 4:
             raise DatasetError(f"{pose_file}: expected a 4x4 matrix, got {len(rows)} rows")
         m = np.stack([checked_floats(r, 4, f"{pose_file}:{i}") for i, r in enumerate(rows, start=1)])
@@ -179,7 +203,7 @@ def read_cambridge(root: Path) -> list[PoseRecord]:
         path = root / fname
         if not path.is_file():
             raise DatasetError(f"{path}: missing (Cambridge Landmarks lists its images there)")
-        lines = path.read_text().splitlines()
+        lines = read_text(path).splitlines()
         for line_no, line in enumerate(lines[3:], start=4):
             fields = line.split()
             if not fields:
@@ -209,7 +233,7 @@ def read_colmap_images(path: Path, test_every: int = 8) -> list[PoseRecord]:
                 break
     if not path.is_file():
         raise DatasetError(f"{path}: no COLMAP images.txt")
-    lines = path.read_text().splitlines()
+    lines = read_text(path).splitlines()
     entries = []
     i = 0
     while i < len(lines):

@@ -15,6 +15,7 @@ from posenet_train.datasets import (
     CSV_COLUMNS,
     DatasetError,
     PoseRecord,
+    checked_quaternion,
     convert,
     read_poses_csv,
     write_poses_csv,
@@ -56,6 +57,42 @@ def test_canonical_csv_round_trip_is_exact(tmp_path: Path) -> None:
     assert [r.split for r in back] == [r.split for r in records]
     for a, b in zip(back, records, strict=True):
         assert np.array_equal(a.position, b.position) and np.array_equal(a.quaternion, quat_canonical(b.quaternion))
+
+
+def test_quaternion_unit_to_rounding_reads_back_bit_identical(tmp_path: Path) -> None:
+    """Norm 1 + 2**-50 (four ulps; every norm kernel, AVX2 or AVX-512, sees it != 1.0): a reader that
+    divides by the norm again changes every component, which is how the round trip broke on Intel."""
+    q = np.full(4, 0.5 + 2.0**-51)
+    assert np.linalg.norm(q) != 1.0
+    tiny_image(tmp_path / "a.png")
+    write_poses_csv(tmp_path / "poses.csv", [PoseRecord("a.png", "train", np.zeros(3), q)])
+    assert read_poses_csv(tmp_path)[0].quaternion.tolist() == q.tolist()
+
+
+def test_checked_quaternion_is_idempotent() -> None:
+    """Reading is a fixed point on its own output, for unit-to-rounding values and for ones printed
+    with six digits (renormalized once, then left alone)."""
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(300, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    six_digits = np.round(q, 6)
+    for v in (*q, *six_digits):
+        once = checked_quaternion(v, "test")
+        assert checked_quaternion(once, "test").tolist() == once.tolist()
+        assert once[0] >= 0 and abs(np.linalg.norm(once) - 1.0) < 1e-15
+
+
+def test_canonical_csv_with_bom_and_crlf(tmp_path: Path) -> None:
+    """A poses.csv saved by a Windows editor (UTF-8 BOM, CRLF), with a non-ASCII image name, reads
+    the same whatever the locale's encoding."""
+    tiny_image(tmp_path / "caf\u00e9.png")
+    text = ",".join(CSV_COLUMNS) + "\r\ncaf\u00e9.png,train,1,2,3,1,0,0,0\r\n"
+    (tmp_path / "poses.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    (record,) = read_poses_csv(tmp_path)
+    assert record.image == "caf\u00e9.png" and record.position.tolist() == [1.0, 2.0, 3.0]
+    (tmp_path / "poses.csv").write_bytes(text.encode("utf-8").replace(b"caf\xc3\xa9", b"caf\xe9"))
+    with pytest.raises(DatasetError, match="not UTF-8 text"):
+        read_poses_csv(tmp_path)
 
 
 def make_seven_scenes(root: Path, poses: list[Pose], ext: str = ".png") -> None:
