@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _EPS = 1e-12
+_UNIT_ROUNDING = 1e-12  # |norm - 1| below this is float rounding, not a non-unit quaternion
 
 
 def quat_normalize(q: np.ndarray) -> np.ndarray:
@@ -20,7 +21,9 @@ def quat_normalize(q: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(q, axis=-1, keepdims=True)
     if not np.all(np.isfinite(q)) or np.any(norm < _EPS):
         raise ValueError("quaternion is zero or not finite; cannot normalize")
-    return q / norm
+    # Unit to rounding already: kept bit for bit, so normalizing twice changes nothing on any CPU
+    # (the norm's last bit follows the machine's SIMD kernel, and dividing by 1 +- 1 ulp would not).
+    return np.where(np.abs(norm - 1.0) <= _UNIT_ROUNDING, q, q / norm)
 
 
 def quat_canonical(q: np.ndarray) -> np.ndarray:

@@ -24,6 +24,22 @@ def test_unit_is_normalized_and_canonical_and_same_rotation(q: np.ndarray) -> No
     np.testing.assert_allclose(g.quat_to_matrix(u), g.quat_to_matrix(q / np.linalg.norm(q)), atol=1e-12)
 
 
+@given(raw_quats)
+def test_normalizing_is_idempotent_bit_for_bit(q: np.ndarray) -> None:
+    once = g.quat_normalize(q)
+    assert g.quat_normalize(once).tolist() == once.tolist()
+    assert g.Pose(np.zeros(3), g.quat_unit(q)).quaternion.tolist() == g.quat_unit(q).tolist()
+
+
+def test_a_quaternion_unit_to_rounding_is_left_as_it_is() -> None:
+    """Norm 1 + 2**-50: every norm kernel (AVX2, AVX-512) sees it off 1, and dividing by it would
+    change each component in the last bit, differently per CPU."""
+    q = np.full(4, 0.5 + 2.0**-51)
+    assert np.linalg.norm(q) != 1.0
+    assert g.quat_normalize(q).tolist() == q.tolist()
+    np.testing.assert_allclose(g.quat_normalize(np.array([2.0, 0.0, 0.0, 0.0])), [1.0, 0.0, 0.0, 0.0], atol=0)
+
+
 @given(unit_quats)
 def test_negated_quaternion_has_same_canonical_form(q: np.ndarray) -> None:
     np.testing.assert_allclose(g.quat_canonical(-q), g.quat_canonical(q), atol=0)
