@@ -41,6 +41,15 @@ def test_a_quaternion_unit_to_rounding_is_left_as_it_is() -> None:
 
 
 @given(unit_quats)
+def test_rotation_error_of_a_rotation_with_itself_is_zero_to_rounding(q: np.ndarray) -> None:
+    """Last-bit differences (another CPU's normalization) must not read as an angle: acos(<q, q>)
+    would give up to ~2e-6 deg here."""
+    for nudged in (q * (1.0 - 2.0**-52), q * (1.0 - 2.0**-51)):
+        assert g.rotation_error_deg(q, nudged) < 1e-12 and g.rotation_error_deg(q, -nudged) < 1e-12
+    assert g.rotation_error_deg(np.array([1.0, 0, 0, 0]), np.array([0.0, 1, 0, 0])) == pytest.approx(180.0)
+
+
+@given(unit_quats)
 def test_negated_quaternion_has_same_canonical_form(q: np.ndarray) -> None:
     np.testing.assert_allclose(g.quat_canonical(-q), g.quat_canonical(q), atol=0)
 
