@@ -8,18 +8,23 @@ distro's ``ros2 bag play`` reads, with the offered QoS of each topic recorded.
 
 from __future__ import annotations
 
+import re
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from posenet_ros.errors import first_line
 from posenet_ros.geometry import Pose, wxyz_to_xyzw
+
+if TYPE_CHECKING:
+    from posenet_ros.bagrecover import RecoveryLog
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -38,75 +43,100 @@ class BagError(RuntimeError):
 # -- reading --------------------------------------------------------------------------------------
 
 
-def _bare_storage(path: Path) -> Path | None:
-    """The storage file to wrap when ``path`` is one (or a folder holding one without metadata)."""
+def _split_index(path: Path) -> tuple[str, int, str]:
+    """Sort key of rosbag2's split files: ``bag_2`` before ``bag_10``."""
+    m = re.fullmatch(r"(.*?)(\d+)", path.stem)
+    return (m.group(1), int(m.group(2)), path.name) if m else (path.stem, -1, path.name)
+
+
+def _bare_storage(path: Path) -> list[Path]:
+    """The storage files to wrap when ``path`` is one, or a folder holding them without its
+    metadata.yaml (a recorder killed before writing it, possibly after several splits)."""
     if path.is_file() and path.suffix in (".db3", ".mcap"):
-        return path
+        return [path]
     if path.is_dir() and not (path / "metadata.yaml").exists():
-        files = sorted([*path.glob("*.db3"), *path.glob("*.mcap")])
-        if len(files) == 1:
-            return files[0]
-    return None
+        for suffix in (".mcap", ".db3"):
+            files = sorted(path.glob(f"*{suffix}"), key=_split_index)
+            if files:
+                return files
+    return []
 
 
-def _write_metadata_for(storage_file: Path, folder: Path) -> None:
-    """A metadata.yaml describing ``storage_file`` from its own tables/records, next to a link to it
-    in ``folder``: what ``ros2 bag reindex`` would recreate."""
+def _write_metadata_for(storage_files: list[Path], folder: Path, log: RecoveryLog) -> None:
+    """A metadata.yaml describing ``storage_files`` from their own tables/records, next to links to
+    them in ``folder``: what ``ros2 bag reindex`` would recreate (damaged files read as recovered)."""
     from rosbags.rosbag2.metadata import dump_qos_v9
-    from rosbags.rosbag2.storage_mcap import McapReader
-    from rosbags.rosbag2.storage_sqlite3 import Sqlite3Reader
 
-    reader = (McapReader if storage_file.suffix == ".mcap" else Sqlite3Reader)(storage_file)
-    reader.open()
-    try:
-        conns, meta = list(reader.connections), reader.metadata
-    finally:
-        reader.close()
-    link = folder / storage_file.name
-    link.symlink_to(storage_file.resolve())
-    start = meta.start_time if meta.message_count else 0
+    from posenet_ros.bagrecover import plugins
+
+    storage = "mcap" if storage_files[0].suffix == ".mcap" else "sqlite3"
+    topics: dict[tuple[str, str], dict[str, Any]] = {}
+    start, end, count = 2**63 - 1, 0, 0
+    for storage_file in storage_files:
+        reader = plugins(log)[storage](storage_file)
+        reader.open()
+        try:
+            conns, meta = list(reader.connections), reader.metadata
+        finally:
+            reader.close()
+        (folder / storage_file.name).symlink_to(storage_file.resolve())
+        if meta.message_count:
+            start, end, count = min(start, meta.start_time), max(end, meta.end_time), count + meta.message_count
+        for c in conns:
+            entry = topics.setdefault(
+                (c.topic, c.msgtype),
+                {
+                    "topic_metadata": {
+                        "name": c.topic,
+                        "type": c.msgtype,
+                        "serialization_format": c.ext.serialization_format,
+                        "offered_qos_profiles": dump_qos_v9(c.ext.offered_qos_profiles),
+                        "type_description_hash": c.digest,
+                    },
+                    "message_count": 0,
+                },
+            )
+            entry["message_count"] += c.msgcount
     info = {
         "version": 9,
-        "storage_identifier": "mcap" if storage_file.suffix == ".mcap" else "sqlite3",
-        "relative_file_paths": [link.name],
-        "duration": {"nanoseconds": max(0, meta.duration)},
-        "starting_time": {"nanoseconds_since_epoch": start},
-        "message_count": meta.message_count,
-        "topics_with_message_count": [
-            {
-                "topic_metadata": {
-                    "name": c.topic,
-                    "type": c.msgtype,
-                    "serialization_format": c.ext.serialization_format,
-                    "offered_qos_profiles": dump_qos_v9(c.ext.offered_qos_profiles),
-                    "type_description_hash": c.digest,
-                },
-                "message_count": c.msgcount,
-            }
-            for c in conns
-        ],
+        "storage_identifier": storage,
+        "relative_file_paths": [f.name for f in storage_files],
+        "duration": {"nanoseconds": max(0, end - start) if count else 0},
+        "starting_time": {"nanoseconds_since_epoch": start if count else 0},
+        "message_count": count,
+        "topics_with_message_count": list(topics.values()),
         "compression_format": "",
         "compression_mode": "",
     }
-    (folder / "metadata.yaml").write_text(yaml.safe_dump({"rosbag2_bagfile_information": info}))
+    (folder / "metadata.yaml").write_text(yaml.safe_dump({"rosbag2_bagfile_information": info}), encoding="utf-8")
+
+
+def warn_stderr(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)
 
 
 @contextmanager
-def open_bag(path: str | Path) -> Iterator[Any]:
+def open_bag(path: str | Path, warn: Callable[[str], None] = warn_stderr) -> Iterator[Any]:
     """An open ``rosbags.highlevel.AnyReader`` for a rosbag2 folder, a bare storage file or a ROS 1
-    bag. Messages without embedded definitions deserialize with the Humble typestore."""
+    bag. Messages without embedded definitions deserialize with the Humble typestore. A recording
+    cut off mid-write (see ``bagrecover``) is read up to the damage, and ``warn`` gets one line
+    saying what was lost; the recording itself is only ever read."""
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
+
+    from posenet_ros.bagrecover import RecoveryLog, install
 
     path = Path(path)
     if not path.exists():
         raise BagError(f"bag not found: {path}")
     with tempfile.TemporaryDirectory(prefix="posenet_bag_") as tmp:
+        log = RecoveryLog(Path(tmp) / "recovered")
         try:
             bare = _bare_storage(path)
-            if bare is not None:
-                _write_metadata_for(bare, Path(tmp))
-                target = Path(tmp)
+            if bare:
+                target = Path(tmp) / "bag"
+                target.mkdir()
+                _write_metadata_for(bare, target, log)
             elif path.is_file() and path.suffix != ".bag":
                 raise BagError(f"{path}: not a bag (expected a rosbag2 folder, a .db3/.mcap file or a ROS 1 .bag)")
             elif path.is_dir() and path.suffix == ".bag":  # rosbags takes any *.bag for ROS 1
@@ -115,11 +145,15 @@ def open_bag(path: str | Path) -> Iterator[Any]:
             else:
                 target = path
             reader = AnyReader([target], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
+            install(reader, log)
             reader.open()
         except BagError:
             raise
         except Exception as exc:  # rosbags raises its own errors, OSError, sqlite and YAML errors
             raise BagError(f"cannot read bag {path}: {first_line(exc)}") from None
+        line = log.line()
+        if line:
+            warn(line)
         try:
             yield reader
         finally:
@@ -178,10 +212,10 @@ def storage_of(path: str | Path) -> str:
     path = Path(path)
     meta = path / "metadata.yaml"
     if path.is_dir() and meta.exists():
-        info = yaml.safe_load(meta.read_text()).get("rosbag2_bagfile_information", {})
+        info = yaml.safe_load(meta.read_text(encoding="utf-8")).get("rosbag2_bagfile_information", {})
         return "mcap" if info.get("storage_identifier") == "mcap" else "sqlite3"
     bare = _bare_storage(path)
-    return "mcap" if bare is not None and bare.suffix == ".mcap" else "sqlite3"
+    return "mcap" if bare and bare[0].suffix == ".mcap" else "sqlite3"
 
 
 # -- writing --------------------------------------------------------------------------------------
