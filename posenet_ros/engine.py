@@ -19,6 +19,7 @@ import torch
 from posenet_ros.contract import EXTRA_FILE_NAME, UNCERTAINTY_MODES, Calibration, Contract, ContractError
 from posenet_ros.errors import first_line
 from posenet_ros.geometry import Pose, quat_average, quat_conjugate, quat_multiply, quat_to_rotation_vector, quat_unit
+from posenet_ros.model_files import torch_file_kind
 from posenet_ros.preprocess import CpuPreprocessor, InputError, TorchPreprocessor
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,11 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
+    if torch_file_kind(path) == "checkpoint":  # torch's own error calls the file corrupted
+        raise ModelLoadError(
+            f"{path} is a training checkpoint, not an exported model; "
+            f"make one with: posenet-train export {path} MODEL.pt"
+        )
     extra = {EXTRA_FILE_NAME: ""}
     try:
         module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)

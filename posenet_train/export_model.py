@@ -9,15 +9,27 @@ from typing import Any
 import torch
 
 from posenet_ros.contract import Contract, OutputSpec, Preprocessing, SceneInfo
+from posenet_ros.errors import first_line
 from posenet_ros.export import export_torchscript
 from posenet_ros.model import PoseNet, PoseNetConfig
+from posenet_ros.model_files import torch_file_kind
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    kind = torch_file_kind(path)
+    if kind == "torchscript":
+        raise ValueError(f"{path} is already an exported model, not a training checkpoint (OUT/checkpoint.pt of fit)")
+    if kind not in ("checkpoint", "state_dict", "legacy"):
+        raise ValueError(f"{path} is not a training checkpoint (posenet-train fit writes OUT/checkpoint.pt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # pickle and zip errors of a damaged file
+        raise ValueError(f"{path}: cannot read the checkpoint ({first_line(exc)})") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a posenet-train checkpoint (holds a {type(ckpt).__name__})")
     missing = {"config", "model", "normalization", "preprocessing", "scene"} - set(ckpt)
     if missing:
         raise ValueError(f"{path}: not a posenet-train checkpoint (missing {', '.join(sorted(missing))})")

@@ -226,3 +226,28 @@ def test_error_messages_are_cut_to_their_first_line() -> None:
     assert first_line(RuntimeError("bad header\n  at frame 3\n")) == "bad header"
     assert first_line(RuntimeError()) == "RuntimeError" and first_line(ValueError("  \n")) == "ValueError"
     assert first_line(KeyError("topic")) == "topic"  # no repr quotes
+
+
+def test_a_training_checkpoint_is_named_with_the_command_that_exports_it(tmp_path) -> None:
+    """torch's own error calls a checkpoint "corrupted"; the node's log line says what it is."""
+    from posenet_ros.engine import ModelLoadError, load_model
+    from posenet_ros.model_files import torch_file_kind
+    from posenet_train.export_model import load_checkpoint
+
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"config": {}, "model": {}, "optimizer": {}, "normalization": {}, "step": 1}, ckpt)
+    assert torch_file_kind(ckpt) == "checkpoint"
+    with pytest.raises(
+        ModelLoadError, match=r"is a training checkpoint, not an exported model; make one with: posenet"
+    ):
+        load_model(ckpt)
+    weights = tmp_path / "weights.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, weights)
+    assert torch_file_kind(weights) == "state_dict"
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    assert torch_file_kind(text) == "unknown"
+    scripted = export_torchscript(NaNPoseNet(), small_contract(), tmp_path / "m.pt")
+    assert torch_file_kind(scripted) == "torchscript"
+    with pytest.raises(ValueError, match="is already an exported model, not a training checkpoint"):
+        load_checkpoint(scripted)
