@@ -1,6 +1,6 @@
 """``posenet-ros replay BAG --model MODEL.pt``: the node's per-frame logic on a recorded bag, offline.
 
-Every frame goes through ``relocalizer.localize_frame``, the function the node calls, so a replay
+Every frame goes through ``relocalizer.frames.localize_frame``, the function the node calls, so a replay
 shows what the node would publish. Two modes:
 - as fast as possible: each frame is processed the moment it is read (the node's clock reads the
   frame's recording time, so nothing is stale and nothing is skipped);
@@ -30,28 +30,37 @@ from posenet_ros.errors import first_line
 from posenet_ros.geometry import Pose, position_error, rotation_error_deg
 from posenet_ros.groundtruth import GroundTruth, GroundTruthSource
 from posenet_ros.image_codec import decode
-from posenet_ros.relocalizer import (
+from posenet_ros.relocalizer.diagnostics import NodeStats
+from posenet_ros.relocalizer.frames import (
     PUBLISHED,
     REJECTED,
     Frame,
     FrameOutcome,
     LatestFrameSlot,
-    NodeSettings,
-    NodeStats,
-    covariance_list,
     localize_frame,
     stamp_to_ns,
 )
+from posenet_ros.relocalizer.messages import covariance_list
+from posenet_ros.relocalizer.params import NodeSettings
 from posenet_ros.report import (
+    THRESHOLDS,
+    SceneBox,
+    Table,
     error_stats,
+    plausibility_warnings,
     plot_error_cdf,
     plot_error_over_time,
     plot_latency_histogram,
     plot_trajectory_top,
+    threshold_key,
+    threshold_label,
+    time_segments,
     write_index_html,
 )
 
 NODE_NAMESPACE = "/posenet_relocalizer"
+SKIPPED = "skipped"
+SKIPPED_REASON = "replaced by a newer frame while the network ran (the node processes only the newest)"
 
 
 class ReplayError(RuntimeError):
@@ -117,6 +126,7 @@ class _Run:
         self.engine = Engine(cfg.model, self.settings.engine_config(device=cfg.device, threads=cfg.threads))
         self.stats = NodeStats(window=1 << 30)
         self.records: list[FrameRecord] = []
+        self.skipped_records: dict[int, FrameRecord] = {}  # realtime: read, replaced before inference
         self.writer = self._open_writer() if cfg.out_bag else None
 
     def _open_writer(self) -> BagWriter:
@@ -126,17 +136,26 @@ class _Run:
         writer.add_topic("/tf", "tf2_msgs/msg/TFMessage", TopicQos(depth=100))
         return writer
 
-    def handle(self, msg: BagMessage, now_ns: int) -> None:
+    def handle(self, msg: BagMessage, now_ns: int) -> FrameRecord:
         """Localize one image message (the node's logic), record it and write its outputs."""
         if msg.msg is None:  # undecodable CDR: counted like any other unusable frame
             self.stats.count(REJECTED)
-            self.records.append(FrameRecord(msg.log_time_ns, msg.log_time_ns, REJECTED, msg.error))
-            return
+            rec = FrameRecord(msg.log_time_ns, msg.log_time_ns, REJECTED, msg.error)
+            self.records.append(rec)
+            return rec
         frame = Frame(msg.msg, stamp_to_ns(msg.msg.header.stamp), msg.msg.header.frame_id)
         outcome = localize_frame(self.engine, self.settings, decode, frame, now_ns, self.stats)
-        self.records.append(self._record(msg, frame, outcome))
+        rec = self._record(msg, frame, outcome)
+        self.records.append(rec)
         if outcome.status == PUBLISHED and self.writer is not None:
             self._write(msg.log_time_ns, frame, outcome)
+        return rec
+
+    def all_records(self) -> list[FrameRecord]:
+        """Every frame read, in reading order: the ones localized and the ones skipped."""
+        if not self.skipped_records:
+            return self.records
+        return sorted([*self.records, *self.skipped_records.values()], key=lambda r: r.log_time_ns)
 
     def _record(self, msg: BagMessage, frame: Frame, outcome: FrameOutcome) -> FrameRecord:
         rec = FrameRecord(msg.log_time_ns, frame.stamp_ns, outcome.status, outcome.reason)
@@ -192,6 +211,9 @@ def _run_realtime(run: _Run, messages: Iterator[BagMessage]) -> int:
         return int(clock["bag0"] + (time.perf_counter() - clock["wall0"]) * 1e9 * run.cfg.rate)
 
     failure: list[BaseException] = []
+    taken: set[int] = set()
+    # Each frame read gets a "skipped" row; the worker's row replaces it when the frame is localized.
+    placeholders: dict[int, FrameRecord] = {}
 
     def worker() -> None:
         while True:
@@ -200,8 +222,10 @@ def _run_realtime(run: _Run, messages: Iterator[BagMessage]) -> int:
                 if slot.closed:
                     return
                 continue
+            index, msg = item.msg
             try:
-                run.handle(item.msg, bag_now_ns())
+                run.handle(msg, bag_now_ns())
+                taken.add(index)
             except BaseException as exc:  # surfaced in the caller's thread below, not lost
                 failure.append(exc)
                 slot.close()
@@ -220,14 +244,18 @@ def _run_realtime(run: _Run, messages: Iterator[BagMessage]) -> int:
                 if delay > 0:
                     time.sleep(delay)
                 run.stats.count("received")
-                # The slot carries the bag message; Frame fields are filled by handle().
-                slot.put(Frame(msg, msg.log_time_ns, ""))
+                index = len(placeholders)
+                stamp = stamp_to_ns(msg.msg.header.stamp) if msg.msg is not None else msg.log_time_ns
+                placeholders[index] = FrameRecord(msg.log_time_ns, stamp, SKIPPED, SKIPPED_REASON)
+                # The slot carries the bag message and its index; Frame fields are filled by handle().
+                slot.put(Frame((index, msg), msg.log_time_ns, ""))
                 bar.update()
     finally:
         slot.close()
         thread.join()
     if failure:
         raise failure[0]
+    run.skipped_records = {i: rec for i, rec in placeholders.items() if i not in taken}
     return slot.skipped
 
 
@@ -250,7 +278,7 @@ def replay(cfg: ReplayConfig) -> ReplayResult:
     summary = summarize(run, skipped, wall_s)
     if run_error:
         summary["read_error"] = run_error[0]
-    return ReplayResult(run.records, summary, run_error[0] if run_error else None)
+    return ReplayResult(run.all_records(), summary, run_error[0] if run_error else None)
 
 
 def summarize(run: _Run, skipped: int, wall_s: float) -> dict[str, Any]:
@@ -262,6 +290,8 @@ def summarize(run: _Run, skipped: int, wall_s: float) -> dict[str, Any]:
         "image_topic": run.topic,
         "model": str(cfg.model),
         "scene": run.engine.contract.scene.name,
+        "backend": run.engine.backend,
+        "precision": run.engine.config.precision,
         "device": str(run.engine.device),
         "mode": "realtime" if cfg.realtime else "as fast as possible",
         "rate": cfg.rate if cfg.realtime else None,
@@ -293,6 +323,13 @@ def summarize(run: _Run, skipped: int, wall_s: float) -> dict[str, Any]:
         if paired:
             pos, rot = errors_of(paired)
             summary["errors"] = error_stats(pos, rot)
+            hint = (
+                "the ground truth is another frame's pose: --gt-frames takes the map frame first, then the camera"
+                if run.truth.source.frames
+                else f"the ground-truth topic {run.truth.source.topic} is not the camera's pose in the map frame"
+            )
+            truth = np.array([r.truth.position for r in paired])
+            summary["warnings"] = plausibility_warnings(SceneBox.of(run.engine.contract), truth, pos, hint)
     return summary
 
 
@@ -331,6 +368,12 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
             f"rotation error: median {err['median_rotation_deg']:.2f} deg, mean {err['mean_rotation_deg']:.2f} deg, "
             f"p95 {err['p95_rotation_deg']:.2f} deg"
         )
+        lines.append(
+            "within: " + ", ".join(f"{threshold_label(m, d)} {err[threshold_key(m, d)]:.1%}" for m, d in THRESHOLDS)
+        )
+    if summary.get("overruns"):
+        lines.append(f"latency budget {summary['latency_budget_ms']:g} ms overrun by {summary['overruns']} frames")
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     if "read_error" in summary:
         lines.append(f"stopped early: {summary['read_error']}")
     return lines
@@ -344,22 +387,92 @@ def write_report(result: ReplayResult, out: Path) -> Path:
     title = f"replay of {Path(summary['bag']).name}"
     plots: list[Path] = []
     paired = [r for r in done if r.truth is not None]
-    truth = np.array([r.truth.position for r in paired]) if paired else None
-    estimates = {"PoseNet": np.array([r.pose.position for r in done])} if done else {}
-    if done:
-        plots.append(plot_trajectory_top(truth, estimates, out / "trajectory_top.png", title))
     if paired:
+        truth = np.array([r.truth.position for r in paired])
+        stamps = np.array([r.stamp_ns for r in paired])
+        segments = time_segments(stamps)
+        summary["segments"] = len(segments)
         pos, rot = errors_of(paired)
-        t = (np.array([r.stamp_ns for r in paired]) - paired[0].stamp_ns) / 1e9
-        plots.append(plot_error_over_time(t, pos, rot, out / "error_over_time.png", title))
+        estimates = {"PoseNet": np.array([r.pose.position for r in paired])}
+        plots.append(plot_trajectory_top(truth, estimates, out / "trajectory_top.png", title, segments))
+        t = (stamps - stamps[0]) / 1e9
+        plots.append(plot_error_over_time(t, pos, rot, out / "error_over_time.png", title, segments))
         plots.append(plot_error_cdf({"PoseNet": (pos, rot)}, out / "error_cdf.png", title))
+    elif done:
+        segments = time_segments(np.array([r.stamp_ns for r in done]))
+        summary["segments"] = len(segments)
+        estimates = {"PoseNet": np.array([r.pose.position for r in done])}
+        plots.append(plot_trajectory_top(None, estimates, out / "trajectory_top.png", title, segments))
     if done:
         latency = np.array([r.latency_ms for r in done])
         plots.append(plot_latency_histogram(latency, out / "latency_hist.png", title, summary["latency_budget_ms"]))
     summary["plots"] = [p.name for p in plots]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _write_frames_csv(records, out / "frames.csv")
-    return write_index_html(out, title, format_summary(summary), plots)
+    return write_index_html(
+        out, title, report_tables(summary), plots, ("summary.json", "frames.csv"), summary.get("warnings", [])
+    )
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f} ms"
+
+
+def report_tables(summary: dict[str, Any]) -> list[Table]:
+    """The summary as the index page shows it: the run, the frames, latency, accuracy."""
+    run_rows = [
+        ("bag", summary["bag"]),
+        ("image topic", summary["image_topic"]),
+        ("model", summary["model"]),
+        ("model scene", summary["scene"]),
+        ("backend", summary["backend"]),
+        ("precision", summary["precision"]),
+        ("device", summary["device"]),
+        ("mode", summary["mode"] + (f" at {summary['rate']:g}x" if summary.get("rate") else "")),
+        ("wall time", f"{summary['wall_time_s']:.1f} s"),
+    ]
+    if "segments" in summary:
+        run_rows.append(("segments (separated by time gaps)", summary["segments"]))
+    frame_rows = [
+        ("read", summary["frames_read"]),
+        ("processed (pose published)", summary["frames_processed"]),
+        ("rejected (unusable image)", summary["frames_rejected"]),
+        ("non-finite network output", summary["frames_non_finite"]),
+        ("skipped (replaced by a newer frame)", summary["frames_skipped"]),
+        ("dropped as stale", summary["frames_dropped_stale"]),
+    ]
+    lat = summary["latency_ms"]
+    budget = summary["latency_budget_ms"]
+    latency_rows = [
+        ("median", _ms(lat["p50"])),
+        ("p95", _ms(lat["p95"])),
+        ("max", _ms(lat["max"])),
+        ("mean", _ms(lat["mean"])),
+        ("budget", _ms(budget) if budget else "none"),
+        ("overruns of the budget", summary["overruns"]),
+        ("crops used (crops: frames)", ", ".join(f"{k}: {v}" for k, v in summary["crops_used"].items()) or "-"),
+        ("throughput", f"{summary['throughput_fps']:.1f} frames/s" if summary["throughput_fps"] else "-"),
+    ]
+    tables = [
+        Table("Run", ("", ""), run_rows),
+        Table("Frames", ("", "frames"), frame_rows),
+        Table("Latency", ("", ""), latency_rows),
+    ]
+    gt, err = summary.get("ground_truth"), summary.get("errors")
+    if gt is not None:
+        rows = [("source", gt["source"]), ("frames matched", gt["frames_with_ground_truth"])]
+        if err is not None:
+            rows += [
+                ("position error median / mean / p95", _triple(err, "position_m", "m", 3)),
+                ("rotation error median / mean / p95", _triple(err, "rotation_deg", "deg", 2)),
+            ]
+            rows += [(f"within {m} m and {d:g} deg", f"{err[threshold_key(m, d)]:.1%}") for m, d in THRESHOLDS]
+        tables.append(Table("Accuracy", ("", ""), rows))
+    return tables
+
+
+def _triple(err: dict[str, Any], name: str, unit: str, digits: int) -> str:
+    return " / ".join(f"{err[f'{k}_{name}']:.{digits}f}" for k in ("median", "mean", "p95")) + f" {unit}"
 
 
 FRAMES_CSV_COLUMNS = [

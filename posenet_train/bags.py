@@ -40,6 +40,10 @@ class ToBagConfig:
     ros_distro: str = "jazzy"
     compressed: bool = False
     image_topic: str = "/camera/image_raw"
+    # Sequences (the images' folders) are separate walks: recorded as separate time spans, this far
+    # apart, so nothing downstream interpolates or draws a path between the end of one and the start
+    # of the next (the ground truth teleports there).
+    sequence_gap_s: float = 5.0
     gt_topic: str = "/ground_truth/camera_pose"
     map_frame: str = "map"
     base_frame: str = "base_link"
@@ -47,12 +51,15 @@ class ToBagConfig:
 
 
 def dataset_to_bag(cfg: ToBagConfig) -> int:
-    """Write the ``split`` images (in file order) at ``rate_hz``; returns the number of frames."""
+    """Write the ``split`` images (in file order) at ``rate_hz``, each sequence (image folder) its own
+    time span ``sequence_gap_s`` after the previous one; returns the number of frames."""
     if not cfg.rate_hz > 0:
         raise ValueError(f"rate must be > 0 Hz, got {cfg.rate_hz}")
+    if not cfg.sequence_gap_s >= 0:
+        raise ValueError(f"sequence gap must be >= 0 s, got {cfg.sequence_gap_s}")
     records = sorted(split_records(read_poses_csv(cfg.dataset), cfg.split), key=lambda r: r.image)
     root = Path(cfg.dataset)
-    period_ns = round(1e9 / cfg.rate_hz)
+    stamps = sequence_stamps([sequence_of(r.image) for r in records], cfg.start_ns, cfg.rate_hz, cfg.sequence_gap_s)
     image_topic = f"{cfg.image_topic}/compressed" if cfg.compressed else cfg.image_topic
     with BagWriter(cfg.out, cfg.storage, cfg.ros_distro) as w:
         w.add_topic(
@@ -64,8 +71,7 @@ def dataset_to_bag(cfg: ToBagConfig) -> int:
         w.add_topic("/tf_static", "tf2_msgs/msg/TFMessage", TopicQos(transient_local=True, depth=1))
         w.add_topic(cfg.gt_topic, "geometry_msgs/msg/PoseStamped")
         w.write("/tf_static", cfg.start_ns, w.tf_message(cfg.start_ns, cfg.base_frame, cfg.camera_frame, CAMERA_MOUNT))
-        for i, rec in enumerate(records):
-            stamp = cfg.start_ns + i * period_ns
+        for rec, stamp in zip(records, stamps, strict=True):
             bgr = cv2.imread(str(root / rec.image), cv2.IMREAD_COLOR)
             if bgr is None:
                 raise DatasetError(f"{root / rec.image}: cannot be read as an image")
@@ -79,6 +85,22 @@ def dataset_to_bag(cfg: ToBagConfig) -> int:
                 msg = w.image(stamp, cfg.camera_frame, encode_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), "rgb8"))
             w.write(image_topic, stamp, msg)
     return len(records)
+
+
+def sequence_of(image: str) -> str:
+    """The sequence an image belongs to: its folder (``seq-01/frame-000000.color.png`` -> ``seq-01``)."""
+    return str(Path(image).parent)
+
+
+def sequence_stamps(sequences: list[str], start_ns: int, rate_hz: float, gap_s: float) -> list[int]:
+    """One stamp per frame: ``1 / rate_hz`` apart within a sequence, plus ``gap_s`` where it changes."""
+    period_ns, gap_ns = round(1e9 / rate_hz), round(gap_s * 1e9)
+    stamps, t = [], start_ns
+    for i, seq in enumerate(sequences):
+        if i:
+            t += period_ns + (gap_ns if seq != sequences[i - 1] else 0)
+        stamps.append(t)
+    return stamps
 
 
 # -- from-bag -------------------------------------------------------------------------------------

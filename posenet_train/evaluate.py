@@ -22,11 +22,21 @@ from posenet_ros.contract import Contract
 from posenet_ros.engine import ModelLoadError, load_model
 from posenet_ros.geometry import position_error, quat_unit, rotation_error_deg
 from posenet_ros.preprocess import CpuPreprocessor
-from posenet_ros.report import plot_error_cdf, plot_trajectory_top
+from posenet_ros.report import (
+    THRESHOLDS,
+    SceneBox,
+    label_segments,
+    plausibility_warnings,
+    plot_error_cdf,
+    plot_trajectory_top,
+    threshold_fractions,
+)
+from posenet_train.bags import sequence_of
 from posenet_train.datasets import DatasetError, PoseRecord, positions, quaternions, read_poses_csv, split_records
 
-# (metres, degrees) pairs reported as "fraction of frames within both".
-THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
+# Where eval writes without --out: under out/ of the working folder, never next to the model (a
+# tracked models/ folder would collect evaluation output).
+DEFAULT_OUT = Path("out") / "eval"
 
 
 class Predictor:
@@ -100,8 +110,7 @@ class Errors:
             "median_rotation_deg": float(np.median(self.rotation_deg)),
             "mean_rotation_deg": float(np.mean(self.rotation_deg)),
         }
-        for m, deg in THRESHOLDS:
-            s[f"within_{m}m_{deg:g}deg"] = float(np.mean((self.position_m <= m) & (self.rotation_deg <= deg)))
+        s.update(threshold_fractions(self.position_m, self.rotation_deg))
         return s
 
 
@@ -117,9 +126,17 @@ def evaluate(
     """Summary dict and the arrays the plots need."""
     root = Path(dataset)
     records = read_poses_csv(root)
-    query = split_records(records, split)
+    query = sorted(split_records(records, split), key=lambda r: r.image)  # sequences in frame order
     predictor = Predictor(model_path)
-    baseline = baseline and predictor.has_features
+    notes = []
+    if baseline and not predictor.has_features:
+        notes.append("nearest-neighbour baseline skipped: the model has no feature output")
+    if baseline and not any(r.split == "train" for r in records):
+        notes.append(
+            f"nearest-neighbour baseline skipped: {root} has no train images to search "
+            "(give the data set the model was trained on, or --no-baseline)"
+        )
+    baseline = baseline and not notes
     pred, query_feats = predictor.run(root, query, batch_size, baseline, f"eval {split}")
     ours = Errors.of(pred, query)
     c: Contract = predictor.contract
@@ -131,7 +148,13 @@ def evaluate(
         "input": f"{c.preprocessing.input_width}x{c.preprocessing.input_height}",
         "posenet": ours.summary(),
     }
+    warnings = plausibility_warnings(
+        SceneBox.of(c), positions(query), ours.position_m, "the data set's poses are in another map frame"
+    )
+    if notes or warnings:
+        summary["notes"], summary["warnings"] = notes, warnings
     arrays = {
+        "sequence": np.array([sequence_of(r.image) for r in query]),
         "truth": positions(query),
         "posenet": pred[:, :3],
         "posenet_pos_err": ours.position_m,
@@ -161,9 +184,10 @@ def plot(arrays: dict[str, np.ndarray], out: Path, title: str) -> list[Path]:
     estimates = {"PoseNet": arrays["posenet"]}
     if "nearest_neighbour" in arrays:
         estimates["nearest neighbour"] = arrays["nearest_neighbour"]
+    segments = label_segments(list(arrays["sequence"]))
     return [
         plot_error_cdf(series, out / "error_cdf.png", title),
-        plot_trajectory_top(arrays["truth"], estimates, out / "trajectory_top.png", title),
+        plot_trajectory_top(arrays["truth"], estimates, out / "trajectory_top.png", title, segments),
     ]
 
 
@@ -183,12 +207,18 @@ def format_summary(summary: dict[str, Any]) -> str:
         line += f" {s['median_rotation_deg']:>10.2f} {s['mean_rotation_deg']:>9.2f}"
         line += "".join(f" {s[f'within_{m}m_{d:g}deg']:>12.1%}" for m, d in THRESHOLDS)
         lines.append(line)
+    lines += summary.get("notes", [])
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     return "\n".join(lines)
+
+
+def default_out(model: str | Path, split: str) -> Path:
+    return DEFAULT_OUT / f"{Path(model).stem}_{split}"
 
 
 def main_eval(args: argparse.Namespace) -> None:
     summary, arrays = evaluate(args.model, args.dataset, args.split, not args.no_baseline, args.batch_size)
-    out = Path(args.out) if args.out else Path(args.model).with_suffix("").parent / f"eval_{args.split}"
+    out = Path(args.out) if args.out else default_out(args.model, args.split)
     out.mkdir(parents=True, exist_ok=True)
     summary["plots"] = [str(p) for p in plot(arrays, out, summary["scene"])]
     if args.uncertainty:
