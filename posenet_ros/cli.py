@@ -1,15 +1,36 @@
-"""`posenet-ros` command line: tools that need no ROS install (benchmark, model inspection)."""
+"""`posenet-ros`: the tools that need no ROS install.
+
+  replay       run the node's per-frame logic on a recorded bag: poses, accuracy, latency, a report
+  export-onnx  convert an exported TorchScript model to ONNX (float32 or calibrated int8)
+  info         what a model file holds: scene, input, output, uncertainty, training (--json: all of it)
+  bench        the benchmark suite, every figure against a baseline of the same run
+
+Mistakes are one line saying what is wrong and what to do, with exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from posenet_ros import __version__
+from posenet_ros.cli_support import (
+    OneLineParser,
+    UsageError,
+    check_bag_path,
+    check_model_file,
+    check_new_bag_folder,
+    check_output_folder,
+    parse_args,
+)
+from posenet_ros.errors import first_line
 from posenet_ros.groundtruth import add_ground_truth_arguments
-from posenet_ros.relocalizer import SPECS
+from posenet_ros.relocalizer.params import SPECS
 
 # Node parameters that mean the same offline; replay takes them as --name-with-dashes.
 REPLAY_NODE_PARAMETERS = (
@@ -31,10 +52,6 @@ REPLAY_NODE_PARAMETERS = (
 BENCH_CASES = ("e2e", "preprocess", "crops", "replay", "memory", "paced", "gpu")
 
 
-class UsageError(ValueError):
-    """Options that contradict each other."""
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     from posenet_ros.bench import PATH_BACKENDS, BenchConfig, main_bench
 
@@ -53,6 +70,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(f"--backends must be a comma list of {', '.join(PATH_BACKENDS)}, got {args.backends!r}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.gpu_device):
         raise UsageError(f"--gpu-device must be cuda, cuda:N or cpu, got {args.gpu_device!r}")
+    if args.model is not None:
+        check_model_file(args.model)
+    if args.json is not None and args.json.is_dir():
+        raise UsageError(f"--json {args.json} is a folder; give a file name such as {args.json / 'bench.json'}")
     cfg = BenchConfig(
         args.model,
         args.iterations,
@@ -70,10 +91,19 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from posenet_ros.groundtruth import ground_truth_from_arguments
     from posenet_ros.replay import ReplayConfig, format_summary, replay, write_report
 
+    # Everything the command is given is checked before the model loads or a frame is read.
     try:
         truth = ground_truth_from_arguments(args, required=False)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.rate is not None and not args.realtime:
+        raise UsageError("--rate only applies with --realtime (without it frames are processed as fast as possible)")
+    check_bag_path(args.bag)
+    check_model_file(args.model)
+    if args.out is not None:
+        check_new_bag_folder(args.out, "--out")
+    if args.report is not None:
+        check_output_folder(args.report, "--report")
     params = {name: getattr(args, name) for name in REPLAY_NODE_PARAMETERS if getattr(args, name) is not None}
     cfg = ReplayConfig(
         bag=args.bag,
@@ -84,7 +114,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         ros_distro=args.ros_distro,
         report=args.report,
         realtime=args.realtime,
-        rate=args.rate,
+        rate=1.0 if args.rate is None else args.rate,
         device=args.device,
         threads=args.threads,
         node_parameters=params,
@@ -104,10 +134,21 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from posenet_ros.engine import ONNX_SUFFIX
     from posenet_ros.onnx_export import calibration_frames, export_onnx, quantize_onnx
 
     if args.int8 != (args.calibration is not None):
         raise UsageError("--int8 and --calibration go together (int8 needs frames to calibrate on)")
+    check_model_file(args.model)
+    if args.model.suffix.lower() == ONNX_SUFFIX:
+        raise UsageError(f"{args.model} is already ONNX; export-onnx converts a TorchScript .pt model")
+    if args.out.suffix.lower() != ONNX_SUFFIX:
+        # The engine picks its backend by the file name: an ONNX file named .pt would not load.
+        raise UsageError(f"output {args.out} must end in .onnx (the engine picks the backend by the suffix)")
+    if args.out.is_dir():
+        raise UsageError(f"output {args.out} is a folder; give a file name ending in .onnx")
+    if args.calibration is not None and not args.calibration.exists():
+        raise UsageError(f"calibration source not found: {args.calibration}; give a folder of images or a bag")
     try:
         if args.int8:
             frames = calibration_frames(args.calibration, args.calibration_frames, args.image_topic)
@@ -120,76 +161,156 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
+def _model_info(path: Path) -> tuple[Any, dict[str, Any] | None]:
+    """The contract and, for an int8 ONNX file, how it was quantized (None: float32 weights)."""
     from posenet_ros.engine import ONNX_SUFFIX, load_model, load_onnx_session
 
-    if args.model.suffix == ONNX_SUFFIX:
+    if path.suffix.lower() == ONNX_SUFFIX:
         from posenet_ros.onnx_export import QUANTIZATION_KEY
 
-        session, contract = load_onnx_session(args.model, threads=1)
-        print(contract.to_json())
-        quantization = session.get_modelmeta().custom_metadata_map.get(QUANTIZATION_KEY)
-        print(f"quantization: {quantization or 'none (float32)'}")
-        return 0
-    _, contract = load_model(args.model)
-    print(contract.to_json())
+        session, contract = load_onnx_session(path, threads=1)
+        text = session.get_modelmeta().custom_metadata_map.get(QUANTIZATION_KEY)
+        try:
+            quantization = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            quantization = {"description": text}
+        return contract, quantization
+    _, contract = load_model(path)
+    return contract, None
+
+
+def describe_quantization(q: dict[str, Any] | None) -> str:
+    if q is None:
+        return "float32"
+    if set(q) == {"description"}:
+        return str(q["description"])
+    return (
+        f"int8 ({q.get('format', '?')}: weights {q.get('weights', '?')}, activations {q.get('activations', '?')}, "
+        f"{q.get('method', '?')} calibration on {q.get('frames', '?')} frames)"
+    )
+
+
+def _numbers(values: Any, digits: int = 2) -> str:
+    return " ".join(f"{float(v):.{digits}f}" for v in values)
+
+
+def info_lines(path: Path, contract: Any, quantization: dict[str, Any] | None) -> list[str]:
+    """A human-readable summary of a model's contract."""
+    pre, scene, out, train = contract.preprocessing, contract.scene, contract.output, contract.training
+    kind = "ONNX" if path.suffix.lower() == ".onnx" else "TorchScript"
+    lines = [
+        f"{path}: {kind} PoseNet for scene {scene.name!r}",
+        f"  scene extent   {' x '.join(f'{v:.2f}' for v in scene.extent)} m around {_numbers(out.position_offset)}",
+        f"  input          {pre.input_width}x{pre.input_height} crop of the image resized to shortest side "
+        f"{pre.resize_shortest_side} ({pre.interpolation}, {pre.channel_order}, mean {_numbers(pre.mean, 3)}, "
+        f"std {_numbers(pre.std, 3)})",
+        f"  output         {out.layout}, {contract.camera_convention}",
+        f"  weights        {describe_quantization(quantization)}",
+        f"  uncertainty    modes {', '.join(contract.uncertainty_modes)}; calibrated: "
+        + (", ".join(sorted(contract.calibration)) or "none"),
+    ]
+    data = train.get("data") if isinstance(train.get("data"), dict) else None
+    if data:
+        lines.append(
+            f"  trained on     {data.get('path', '?')} ({data.get('train_images', '?')} train, "
+            f"{data.get('test_images', '?')} test images)"
+        )
+    elif "dataset" in train:
+        lines.append(f"  trained on     {train['dataset']}")
+    if "steps" in train:
+        lines.append(
+            f"  training       {train['steps']} steps, {train.get('optimizer', '?')}, lr {train.get('lr', '?')}, "
+            f"pretrained {train.get('pretrained', '?')}"
+        )
+    val = train.get("validation")
+    if isinstance(val, dict) and "median_position_m" in val:
+        lines.append(
+            f"  validation     median {val['median_position_m']:.3f} m, "
+            f"{val.get('median_rotation_deg', float('nan')):.2f} deg"
+        )
+    lines.append(f"  code version   {contract.code_version or 'unknown'}; the whole contract: posenet-ros info --json")
+    return lines
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    check_model_file(args.model)
+    contract, quantization = _model_info(args.model)
+    if args.json:
+        print(json.dumps({**contract.to_dict(), "quantization": quantization}, indent=2, sort_keys=True))
+    else:
+        print("\n".join(info_lines(args.model, contract, quantization)))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="posenet-ros", description=__doc__)
+    parser = OneLineParser(
+        prog="posenet-ros", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"posenet_ros {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    rp = sub.add_parser(
+        "replay", help="run the node's per-frame logic on a recorded bag, with a report", description=_cmd_replay_doc()
+    )
+    rp.add_argument("bag", type=Path, help="rosbag2 folder (sqlite3 or MCAP), bare .db3/.mcap file, or ROS 1 .bag")
+    rp.add_argument("--model", type=Path, required=True, help="exported model: TorchScript .pt or ONNX .onnx")
+    rp.add_argument("--image-topic", help="image topic (default: the only Image/CompressedImage topic)")
+    add_ground_truth_arguments(rp)
+    rp.add_argument("--out", type=Path, help="write poses and /tf to this new rosbag2 (input's storage)")
+    rp.add_argument("--ros-distro", choices=("humble", "jazzy", "kilted"), default="jazzy", help="output bag format")
+    rp.add_argument("--report", type=Path, help="folder for index.html, summary.json, frames.csv and plots")
+    rp.add_argument("--realtime", action="store_true", help="feed frames at the recorded rate, as the node sees them")
+    rp.add_argument("--rate", type=float, help="with --realtime: playback rate multiplier (default: 1.0)")
+    rp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    rp.add_argument("--threads", type=int, help="CPU threads, inference and preprocessing (default: torch's)")
+    for name in REPLAY_NODE_PARAMETERS:
+        spec = SPECS[name]
+        kind = type(spec.default)
+        rp.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=kind,
+            help=f"node parameter: {spec.description} (default: {spec.default!r})",
+        )
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rp.set_defaults(func=_cmd_replay)
+
+    onnx = sub.add_parser("export-onnx", help="convert a TorchScript model to ONNX for the onnxruntime backend")
+    onnx.add_argument("model", type=Path, help="exported TorchScript .pt with its contract")
+    onnx.add_argument("out", type=Path, help="output file ending in .onnx (the contract goes into its metadata)")
+    onnx.add_argument("--int8", action="store_true", help="quantize to int8 (1.5-1.7x faster on a CPU, less accurate)")
+    onnx.add_argument("--calibration", type=Path, help="with --int8: folder of images or a bag the robot recorded")
+    onnx.add_argument("--calibration-frames", type=int, default=64, help="with --int8: frames spread over it")
+    onnx.add_argument("--image-topic", help="int8 from a bag: image topic (default: the only one)")
+    onnx.set_defaults(func=_cmd_export_onnx)
+
+    info = sub.add_parser("info", help="what a model file holds: scene, input, output, uncertainty, training")
+    info.add_argument("model", type=Path, help="exported model: TorchScript .pt or ONNX .onnx")
+    info.add_argument("--json", action="store_true", help="print the whole contract as JSON (and the quantization)")
+    info.set_defaults(func=_cmd_info)
 
     bench = sub.add_parser("bench", help="the benchmark suite, every figure against a baseline of the same run")
     bench.add_argument("--model", type=Path, help="TorchScript model (default: a fresh PoseNet at 224x224)")
-    bench.add_argument("--iterations", type=int, default=60, help="timed frames per path (default 60)")
-    bench.add_argument("--threads", type=int, default=2, help="intra-op threads for every path (default 2)")
+    bench.add_argument("--iterations", type=int, default=60, help="timed frames per path")
+    bench.add_argument("--threads", type=int, default=2, help="intra-op threads for every path")
     bench.add_argument("--cases", default=",".join(BENCH_CASES), help=f"comma list of {', '.join(BENCH_CASES)}")
     bench.add_argument(
         "--backends", default="torchscript,onnxruntime,onnxruntime-int8", help="engine paths to time (comma list)"
     )
     bench.add_argument("--memory-frames", default="1000,10000", help="frame counts at which RSS is read")
     bench.add_argument("--replay-frames", type=int, default=100, help="frames in the generated replay bag")
-    bench.add_argument("--paced-frames", type=int, default=50, help="frames per path at 10 Hz (default 50)")
-    bench.add_argument(
-        "--gpu-device", default="cuda", help="torch device of the gpu case (default cuda; cpu checks the case itself)"
-    )
+    bench.add_argument("--paced-frames", type=int, default=50, help="frames per path at 10 Hz")
+    bench.add_argument("--gpu-device", default="cuda", help="torch device of the gpu case (cpu checks the case itself)")
     bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     bench.set_defaults(func=_cmd_bench)
-
-    rp = sub.add_parser("replay", help="run the node's per-frame logic on a recorded bag, with a report")
-    rp.add_argument("bag", type=Path, help="rosbag2 folder (sqlite3 or MCAP), bare .db3/.mcap file, or ROS 1 .bag")
-    rp.add_argument("--model", type=Path, required=True, help="exported TorchScript model")
-    rp.add_argument("--image-topic", help="image topic (default: the only Image/CompressedImage topic)")
-    add_ground_truth_arguments(rp)
-    rp.add_argument("--out", type=Path, help="write poses and /tf to this new rosbag2 (input's storage)")
-    rp.add_argument("--ros-distro", choices=("humble", "jazzy", "kilted"), default="jazzy", help="output bag format")
-    rp.add_argument("--report", type=Path, help="folder for summary.json, frames.csv, plots and index.html")
-    rp.add_argument("--realtime", action="store_true", help="feed frames at the recorded rate, as the node sees them")
-    rp.add_argument("--rate", type=float, default=1.0, help="playback rate multiplier with --realtime (1.0)")
-    rp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    rp.add_argument("--threads", type=int, help="CPU threads, inference and preprocessing (default: torch's)")
-    for name in REPLAY_NODE_PARAMETERS:
-        spec = SPECS[name]
-        kind = type(spec.default)
-        rp.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"node parameter: {spec.description}")
-    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
-    rp.set_defaults(func=_cmd_replay)
-
-    onnx = sub.add_parser("export-onnx", help="convert a TorchScript model to ONNX for the onnxruntime backend")
-    onnx.add_argument("model", type=Path, help="TorchScript .pt with its contract")
-    onnx.add_argument("out", type=Path, help="output .onnx (the contract goes into its metadata)")
-    onnx.add_argument("--int8", action="store_true", help="quantize to int8 (1.5-1.7x faster on a CPU, less accurate)")
-    onnx.add_argument("--calibration", type=Path, help="int8: folder of images or a bag the robot recorded")
-    onnx.add_argument("--calibration-frames", type=int, default=64, help="int8: frames spread over it (64)")
-    onnx.add_argument("--image-topic", help="int8 from a bag: image topic (default: the only one)")
-    onnx.set_defaults(func=_cmd_export_onnx)
-
-    info = sub.add_parser("info", help="print the contract embedded in a model file")
-    info.add_argument("model", type=Path)
-    info.set_defaults(func=_cmd_info)
     return parser
+
+
+def _cmd_replay_doc() -> str:
+    return (
+        "Run the node's per-frame logic on a recorded bag. Prints accuracy (with --gt-topic or --gt-frames) "
+        "and latency; --out writes the poses as a new bag, --report a folder with index.html."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,12 +318,24 @@ def main(argv: list[str] | None = None) -> int:
     from posenet_ros.engine import EngineError
     from posenet_ros.replay import ReplayError
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         return int(args.func(args))
     except (EngineError, BagError, ReplayError, UsageError, OSError) as exc:
-        print(f"posenet-ros: error: {exc}", file=sys.stderr)
+        print(f"posenet-ros: error: {first_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("posenet-ros: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not a user mistake: still one line, the traceback on request
+        if os.environ.get("POSENET_TRACEBACK"):
+            raise
+        print(
+            f"posenet-ros {args.command}: internal error: {type(exc).__name__}: {first_line(exc)} "
+            "(rerun with POSENET_TRACEBACK=1 for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

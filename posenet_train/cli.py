@@ -1,22 +1,49 @@
-"""``posenet-train``: convert | synth | fit | eval | export | to-bag | from-bag | label-sfm.
-Errors are one line and exit 2."""
+"""``posenet-train``: from data to the model file the node loads.
+
+  convert    7-Scenes / Cambridge Landmarks / COLMAP -> the canonical poses.csv
+  synth      render a synthetic textured room with exact poses
+  fit        train a PoseNet on a canonical data set (torchrun for several GPUs)
+  export     training checkpoint -> TorchScript model file with its contract
+  eval       errors and thresholds on a data set, against the nearest-neighbour baseline
+  calibrate  fit the covariance scale on held-out frames and store it in the model
+  to-bag     record a data set split as a rosbag2 (images, /tf, ground-truth poses)
+  from-bag   training set from a recording with ground truth
+  label-sfm  poses for unlabelled images or a bag by structure from motion (pycolmap)
+
+Mistakes are one line saying what is wrong and what to do, with exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 
+from posenet_ros import __version__
+from posenet_ros.cli_support import (
+    OneLineParser,
+    UsageError,
+    check_bag_path,
+    check_model_file,
+    check_new_bag_folder,
+    check_output_folder,
+    parse_args,
+)
+from posenet_ros.errors import first_line
+from posenet_ros.model_files import torch_file_kind
 from posenet_train.datasets import READERS, DatasetError
+
+DISTROS = ("humble", "jazzy", "kilted")
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert 7-Scenes / Cambridge / COLMAP to the canonical poses.csv")
+    p = sub.add_parser("convert", help="7-Scenes / Cambridge Landmarks / COLMAP -> the canonical poses.csv")
     p.add_argument("src", help="data set folder (or COLMAP images.txt)")
-    p.add_argument("--format", required=True, choices=sorted(READERS))
-    p.add_argument("--out", required=True, help="folder to write poses.csv into")
+    p.add_argument("--format", required=True, choices=sorted(READERS), help="layout of SRC")
+    p.add_argument("--out", required=True, help="folder to write poses.csv into (images are not copied)")
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -24,26 +51,31 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
     d = SynthConfig()
     p = sub.add_parser("synth", help="render a synthetic textured room with exact poses")
-    p.add_argument("--out", required=True)
-    p.add_argument("--train-sequences", type=int, default=d.train_sequences)
-    p.add_argument("--test-sequences", type=int, default=d.test_sequences)
+    p.add_argument("--out", required=True, help="folder for the images, poses.csv and scene.json")
+    p.add_argument("--train-sequences", type=int, default=d.train_sequences, help="trajectories in the train split")
+    p.add_argument("--test-sequences", type=int, default=d.test_sequences, help="trajectories in the test split")
     p.add_argument("--frames", type=int, default=d.frames_per_sequence, help="frames per sequence")
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--height", type=int, default=d.height)
+    p.add_argument("--width", type=int, default=d.width, help="image width, pixels")
+    p.add_argument("--height", type=int, default=d.height, help="image height, pixels")
     p.add_argument("--hfov", type=float, default=d.hfov_deg, help="horizontal field of view, degrees")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--scene-seed", type=int, default=d.scene_seed)
-    p.add_argument("--ext", choices=("png", "jpg"), default=d.image_ext)
-    p.add_argument("--heading-spread", type=float, default=d.heading_spread_deg, help="0: full turns; else +-deg")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the trajectories")
+    p.add_argument("--scene-seed", type=int, default=d.scene_seed, help="seed of the room (textures, furniture)")
+    p.add_argument("--ext", choices=("png", "jpg"), default=d.image_ext, help="image file format")
+    p.add_argument(
+        "--heading-spread",
+        type=float,
+        default=d.heading_spread_deg,
+        help="0: headings turn all the way round; else they sway within +-this many degrees of +x",
+    )
     p.add_argument("--seven-scenes", action="store_true", help="also write 7-Scenes pose.txt and split files")
 
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
-    from posenet_train.train import OPTIMIZERS, SCHEDULES, FitConfig
+    from posenet_train.train import FIT_OPTION_HELP, OPTIMIZERS, SCHEDULES, FitConfig
 
     p = sub.add_parser("fit", help="train a PoseNet on a canonical data set (torchrun for several GPUs)")
     p.add_argument("data", help="canonical data set folder (poses.csv)")
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.pt")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt and the training history")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
     p.add_argument("--export", default="", help="also export the final model to this .pt path")
     p.add_argument("--mc-dropout", action="store_true", help="the export keeps Monte Carlo dropout sampling")
@@ -52,21 +84,23 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         if f.name in ("data", "out"):
             continue
         flag = "--" + f.name.replace("_", "-")
+        text = FIT_OPTION_HELP[f.name]
         if f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
-            p.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name))
+            default = f.default if f.default != "" else None  # "" shows as no default
+            p.add_argument(flag, type=kind, default=default, choices=choices.get(f.name), help=text)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="errors, thresholds, nearest-neighbour baseline, JSON and plots")
-    p.add_argument("model", help="exported .pt or a checkpoint.pt")
+    p = sub.add_parser("eval", help="errors and thresholds on a data set, against the nearest-neighbour baseline")
+    p.add_argument("model", help="exported .pt or a training checkpoint.pt")
     p.add_argument("dataset", help="canonical data set folder")
-    p.add_argument("--split", default="test", choices=("train", "test"))
-    p.add_argument("--out", default="", help="folder for summary.json and plots (default: next to the model)")
+    p.add_argument("--split", default="test", choices=("train", "test"), help="split to evaluate")
+    p.add_argument("--out", default="", help="folder for summary.json and plots (default: out/eval/MODEL_SPLIT)")
     p.add_argument("--no-baseline", action="store_true", help="skip the nearest-neighbour baseline")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--uncertainty", action="store_true", help="also check the predicted covariance (coverage, NEES)")
     _add_uncertainty_options(p)
     p.add_argument("--ood", help="with --uncertainty: a data set far from the training poses, to compare std")
@@ -74,25 +108,25 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def _add_uncertainty_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("mc_dropout", "crops"), default="mc_dropout", help="uncertainty mode")
-    p.add_argument("--samples", type=int, default=40, help="Monte Carlo dropout samples per frame (40)")
+    p.add_argument("--samples", type=int, default=40, help="Monte Carlo dropout samples per frame")
     p.add_argument(
-        "--crops", type=int, help="crops per frame (crops mode: 16; mc_dropout: 1, samples pooled over crops)"
+        "--crops", type=int, help="crops per frame (default: crops mode 16; mc_dropout 1, samples pooled over crops)"
     )
 
 
 def _add_calibrate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("calibrate", help="fit the covariance scale on held-out frames; store it in the model")
+    p = sub.add_parser("calibrate", help="fit the covariance scale on held-out frames and store it in the model")
     p.add_argument("model", help="exported .pt (with --mc-dropout for the mc_dropout mode)")
     p.add_argument("dataset", help="canonical data set whose SPLIT the model was not trained on")
-    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--split", default="test", choices=("train", "test"), help="held-out split to calibrate on")
     p.add_argument("--out", default="", help="calibrated model (default: MODEL_calibrated.pt)")
     _add_uncertainty_options(p)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="checkpoint -> TorchScript file with its contract")
-    p.add_argument("checkpoint")
-    p.add_argument("out")
+    p = sub.add_parser("export", help="training checkpoint -> TorchScript model file with its contract")
+    p.add_argument("checkpoint", help="OUT/checkpoint.pt of posenet-train fit")
+    p.add_argument("out", help="model file to write, ending in .pt")
     p.add_argument("--mc-dropout", action="store_true", help="keep Monte Carlo dropout sampling (uncertainty)")
 
 
@@ -103,12 +137,15 @@ def _add_to_bag(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("to-bag", help="record a data set split as a rosbag2 (images, /tf, ground-truth poses)")
     p.add_argument("dataset", help="canonical data set folder")
     p.add_argument("--out", required=True, help="new rosbag2 folder")
-    p.add_argument("--split", default=d.split, choices=("train", "test"))
-    p.add_argument("--rate", type=float, default=d.rate_hz, help="frames per second (10)")
-    p.add_argument("--storage", choices=("sqlite3", "mcap"), default=d.storage)
-    p.add_argument("--ros-distro", choices=("humble", "jazzy", "kilted"), default=d.ros_distro)
+    p.add_argument("--split", default=d.split, choices=("train", "test"), help="split to record")
+    p.add_argument("--rate", type=float, default=d.rate_hz, help="frames per second")
+    p.add_argument(
+        "--sequence-gap", type=float, default=d.sequence_gap_s, help="seconds of silence between two sequences"
+    )
+    p.add_argument("--storage", choices=("sqlite3", "mcap"), default=d.storage, help="rosbag2 storage plugin")
+    p.add_argument("--ros-distro", choices=DISTROS, default=d.ros_distro, help="bag format of this distro")
     p.add_argument("--compressed", action="store_true", help="sensor_msgs/CompressedImage (JPEG) instead of Image")
-    p.add_argument("--image-topic", default=d.image_topic)
+    p.add_argument("--image-topic", default=d.image_topic, help="image topic (/compressed is appended with it)")
 
 
 def _add_from_bag(sub: argparse._SubParsersAction) -> None:
@@ -121,11 +158,13 @@ def _add_from_bag(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for images/ and poses.csv")
     p.add_argument("--image-topic", help="image topic (default: the only one)")
     add_ground_truth_arguments(p)
-    p.add_argument("--every", type=int, default=d.every, help="keep every Nth frame (1)")
+    p.add_argument("--every", type=int, default=d.every, help="keep every Nth frame")
     p.add_argument("--min-translation", type=float, default=d.min_translation, help="metres since the last kept frame")
     p.add_argument("--min-rotation", type=float, default=d.min_rotation_deg, help="degrees since the last kept frame")
-    p.add_argument("--blur-threshold", type=float, default=d.blur_threshold, help="min variance of the Laplacian")
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    p.add_argument(
+        "--blur-threshold", type=float, default=d.blur_threshold, help="min variance of the Laplacian (0: keep all)"
+    )
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="share of the frames for test")
     p.add_argument("--block-seconds", type=float, default=d.block_seconds, help="split by time blocks this long")
 
 
@@ -137,40 +176,136 @@ def _add_label_sfm(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", help="folder of images (name order = time order) or a bag")
     p.add_argument("--out", required=True, help="folder for images/, sfm/ and poses.csv")
     p.add_argument("--image-topic", help="image topic when SOURCE is a bag")
-    p.add_argument("--every", type=int, default=d.every, help="use every Nth frame (1)")
+    p.add_argument("--every", type=int, default=d.every, help="use every Nth frame")
     p.add_argument("--matcher", choices=MATCHERS, default=d.matcher, help="auto: sequential for video")
-    p.add_argument("--camera-model", default=d.camera_model, help="COLMAP camera model (SIMPLE_RADIAL)")
+    p.add_argument("--camera-model", default=d.camera_model, help="COLMAP camera model")
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--scale", type=float, help="metres per SfM unit")
     scale.add_argument("--align-to", help="poses.csv with known poses of the same image names: similarity fit")
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="share of the frames for test")
     p.add_argument("--block-frames", type=int, default=d.block_frames, help="split by blocks of consecutive frames")
 
 
+SUBCOMMANDS = (
+    _add_convert,
+    _add_synth,
+    _add_fit,
+    _add_export,
+    _add_eval,
+    _add_calibrate,
+    _add_to_bag,
+    _add_from_bag,
+    _add_label_sfm,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="posenet-train", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in (
-        _add_convert,
-        _add_synth,
-        _add_fit,
-        _add_eval,
-        _add_calibrate,
-        _add_export,
-        _add_to_bag,
-        _add_from_bag,
-        _add_label_sfm,
-    ):
+    parser = OneLineParser(
+        prog="posenet-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"posenet_train {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
         add(sub)
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.command == "convert":
-        from posenet_train.datasets import convert
+# -- checks before any long work -----------------------------------------------------------------
 
-        path = convert(args.src, args.format, args.out)
-        print(f"wrote {path}")
+
+def _check_dataset(path: str, what: str = "data set") -> None:
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{what} {p} not found; give a canonical data set folder (with poses.csv)")
+    if p.is_dir() and not (p / "poses.csv").is_file():
+        hint = "convert it first: posenet-train convert SRC --format FORMAT --out FOLDER"
+        raise UsageError(f"{p} has no poses.csv; {hint}")
+
+
+def _check_model_out(path: str, option: str) -> None:
+    p = Path(path)
+    if p.suffix != ".pt":
+        raise UsageError(f"{option} {p} must end in .pt (a TorchScript model file)")
+    if p.is_dir():
+        raise UsageError(f"{option} {p} is a folder; give a file name ending in .pt")
+    check_output_folder(p.parent, option)
+
+
+def _check(args: argparse.Namespace) -> None:
+    cmd = args.command
+    if cmd == "convert":
+        if not Path(args.src).exists():
+            raise UsageError(f"{args.src} not found; give the data set folder (or COLMAP images.txt)")
+        check_output_folder(Path(args.out), "--out")
+    elif cmd == "synth":
+        check_output_folder(Path(args.out), "--out")
+    elif cmd == "fit":
+        from posenet_train.train import CHECKPOINT_NAME, check_pretrained
+
+        _check_dataset(args.data)
+        check_output_folder(Path(args.out), "--out")
+        if args.resume and not (Path(args.out) / CHECKPOINT_NAME).is_file():
+            raise UsageError(f"--resume: no {CHECKPOINT_NAME} in {args.out}; start the run without --resume")
+        if args.export:
+            _check_model_out(args.export, "--export")
+        check_pretrained(args.pretrained or "")
+    elif cmd in ("eval", "calibrate"):
+        _check_dataset(args.dataset)
+        if cmd == "eval":
+            _check_eval_model(Path(args.model))
+            if args.out:
+                check_output_folder(Path(args.out), "--out")
+            if args.ood and not args.uncertainty:
+                raise UsageError("--ood only applies with --uncertainty")
+            if args.ood:
+                _check_dataset(args.ood, "--ood data set")
+        else:
+            check_model_file(Path(args.model))
+            if args.out:
+                _check_model_out(args.out, "--out")
+        if args.samples < 2:
+            raise UsageError(f"--samples must be >= 2, got {args.samples}")
+        if args.crops is not None and args.crops < 1:
+            raise UsageError(f"--crops must be >= 1, got {args.crops}")
+    elif cmd == "export":
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise UsageError(f"checkpoint not found: {path} (posenet-train fit writes OUT/checkpoint.pt)")
+        if torch_file_kind(path) == "torchscript":
+            raise UsageError(f"{path} is already an exported model; export takes the checkpoint.pt of a fit run")
+        _check_model_out(args.out, "OUT")
+    elif cmd == "to-bag":
+        _check_dataset(args.dataset)
+        check_new_bag_folder(Path(args.out), "--out")
+        if not args.rate > 0:
+            raise UsageError(f"--rate must be > 0 frames per second, got {args.rate}")
+        if not args.sequence_gap >= 0:
+            raise UsageError(f"--sequence-gap must be >= 0 s, got {args.sequence_gap}")
+    elif cmd == "from-bag":
+        check_bag_path(Path(args.bag))
+        check_output_folder(Path(args.out), "--out")
+    elif cmd == "label-sfm":
+        src = Path(args.source)
+        if not src.exists():
+            raise UsageError(f"{src} not found; give a folder of images or a bag")
+        check_output_folder(Path(args.out), "--out")
+
+
+def _check_eval_model(path: Path) -> None:
+    """eval takes an exported model or a training checkpoint."""
+    if not path.is_file():
+        raise UsageError(f"model file not found: {path}")
+    if torch_file_kind(path) not in ("torchscript", "checkpoint"):
+        raise UsageError(f"{path} is neither an exported model nor a posenet-train checkpoint")
+
+
+# -- the commands --------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    if args.command == "convert":
+        _run_convert(args)
     elif args.command == "synth":
         from posenet_train.synth import SynthConfig, render_dataset
 
@@ -187,21 +322,11 @@ def run(args: argparse.Namespace) -> int:
             heading_spread_deg=args.heading_spread,
             seven_scenes=args.seven_scenes,
         )
+        cfg.validate()
         records = render_dataset(cfg, Path(args.out))
         print(f"wrote {len(records)} frames to {Path(args.out) / 'poses.csv'}")
     elif args.command == "fit":
-        from posenet_train.export_model import export_checkpoint
-        from posenet_train.train import FitConfig, fit
-
-        values = {f.name: getattr(args, f.name) for f in fields(FitConfig) if f.name not in ("data", "out")}
-        result = fit(FitConfig(data=args.data, out=args.out, **values), resume=args.resume)
-        state = "interrupted" if result.interrupted else "finished"
-        print(f"{state} at step {result.step} after {result.seconds:.0f} s; checkpoint {result.checkpoint}")
-        if result.metrics:
-            print(json.dumps(result.metrics))
-        if args.export and not result.interrupted:
-            print(f"exported {export_checkpoint(result.checkpoint, args.export, args.mc_dropout)}")
-        return 130 if result.interrupted else 0
+        return _run_fit(args)
     elif args.command == "eval":
         from posenet_train.evaluate import main_eval
 
@@ -224,6 +349,7 @@ def run(args: argparse.Namespace) -> int:
             ros_distro=args.ros_distro,
             compressed=args.compressed,
             image_topic=args.image_topic,
+            sequence_gap_s=args.sequence_gap,
         )
         print(f"wrote {dataset_to_bag(cfg)} frames to {args.out}")
     elif args.command == "from-bag":
@@ -231,6 +357,66 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "label-sfm":
         _run_label_sfm(args)
     return 0
+
+
+def _run_convert(args: argparse.Namespace) -> None:
+    from posenet_train.datasets import convert, read_poses_csv
+
+    path = convert(args.src, args.format, args.out)
+    records = read_poses_csv(path, check_images=False)
+    counts = {s: sum(r.split == s for r in records) for s in ("train", "test")}
+    print(f"read {len(records)} frames from {args.src} ({counts['train']} train, {counts['test']} test)")
+    if args.format == "7scenes":
+        dropped = seven_scenes_images_without_pose(Path(args.src))
+        if dropped:
+            print(
+                f"dropped {len(dropped)} images without a pose.txt (first: {dropped[0]}); "
+                "7-Scenes needs frame-XXXXXX.pose.txt next to every frame-XXXXXX.color image"
+            )
+    for split, n in counts.items():
+        if n == 0:
+            print(f"warning: no {split} frames (fit needs train frames, eval test frames)")
+    print(f"wrote {path}")
+
+
+def seven_scenes_images_without_pose(root: Path) -> list[str]:
+    """Colour images of the listed 7-Scenes sequences that have no pose.txt (the reader skips them)."""
+    import re
+
+    missing = []
+    for fname in ("TrainSplit.txt", "TestSplit.txt"):
+        split_file = root / fname
+        if not split_file.is_file():
+            continue
+        for line in split_file.read_text().splitlines():
+            m = re.fullmatch(r"\s*sequence(\d+)\s*", line)
+            seq = root / f"seq-{int(m.group(1)):02d}" if m else None
+            if seq is None or not seq.is_dir():
+                continue
+            for image in sorted(seq.glob("frame-*.color.*")):
+                stem = image.name.split(".color.", 1)[0]
+                if not (seq / f"{stem}.pose.txt").is_file():
+                    missing.append(str(image.relative_to(root)))
+    return missing
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    from posenet_train.export_model import export_checkpoint
+    from posenet_train.train import FitConfig, fit
+
+    values = {f.name: getattr(args, f.name) for f in fields(FitConfig) if f.name not in ("data", "out")}
+    values["pretrained"] = values["pretrained"] or ""
+    values["scene_name"] = values["scene_name"] or ""
+    cfg = FitConfig(data=args.data, out=args.out, **values)
+    cfg.validate()
+    result = fit(cfg, resume=args.resume)
+    state = "interrupted" if result.interrupted else "finished"
+    print(f"{state} at step {result.step} after {result.seconds:.0f} s; checkpoint {result.checkpoint}")
+    if result.metrics:
+        print(json.dumps(result.metrics))
+    if args.export and not result.interrupted:
+        print(f"exported {export_checkpoint(result.checkpoint, args.export, args.mc_dropout)}")
+    return 130 if result.interrupted else 0
 
 
 def _run_calibrate(args: argparse.Namespace) -> None:
@@ -300,14 +486,27 @@ def _run_label_sfm(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from posenet_ros.bagio import BagError
+    from posenet_ros.engine import EngineError
     from posenet_train.sfm import SfmError
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         return run(args)
-    except (DatasetError, BagError, SfmError, ValueError, FileNotFoundError, FloatingPointError) as exc:
-        print(f"posenet-train {args.command}: error: {exc}", file=sys.stderr)
+    except (DatasetError, BagError, SfmError, EngineError, ValueError, OSError, FloatingPointError) as exc:
+        print(f"posenet-train {args.command}: error: {first_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"posenet-train {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not a user mistake: still one line, the traceback on request
+        if os.environ.get("POSENET_TRACEBACK"):
+            raise
+        print(
+            f"posenet-train {args.command}: internal error: {type(exc).__name__}: {first_line(exc)} "
+            "(rerun with POSENET_TRACEBACK=1 for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -286,14 +286,36 @@ class SynthConfig:
     heading_spread_deg: float = 0.0  # 0: headings turn all the way round; else sway within +-spread of +x
     seven_scenes: bool = False
 
+    def validate(self) -> None:
+        """One-line refusals (worded as the command's options) of settings that would render nothing
+        or record nonsense."""
+        checks = [
+            (self.train_sequences >= 0, f"--train-sequences must be >= 0, got {self.train_sequences}"),
+            (self.test_sequences >= 0, f"--test-sequences must be >= 0, got {self.test_sequences}"),
+            (self.train_sequences + self.test_sequences >= 1, "give at least one train or test sequence"),
+            (self.frames_per_sequence >= 2, f"--frames must be >= 2 per sequence, got {self.frames_per_sequence}"),
+            (
+                self.width >= 16 and self.height >= 16,
+                f"--width and --height must be >= 16, got {self.width}x{self.height}",
+            ),
+            (0 < self.hfov_deg < 180, f"--hfov must be in (0, 180) degrees, got {self.hfov_deg}"),
+            (
+                0 <= self.heading_spread_deg <= 180,
+                f"--heading-spread must be in [0, 180], got {self.heading_spread_deg}",
+            ),
+            (self.image_ext in ("png", "jpg"), f"image_ext must be png or jpg, got {self.image_ext!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
 
 def render_dataset(cfg: SynthConfig, out: Path, progress: bool = True) -> list[PoseRecord]:
     """Render train and test sequences into ``out`` in the canonical layout (``poses.csv``), plus a
     ``scene.json`` describing the scene, and optionally the 7-Scenes layout next to it."""
     from tqdm import tqdm
 
-    if cfg.image_ext not in ("png", "jpg"):
-        raise ValueError(f"image_ext must be png or jpg, got {cfg.image_ext!r}")
+    cfg.validate()
     out = Path(out)
     scene = room_scene(cfg.scene_seed)
     camera = Camera(cfg.width, cfg.height, cfg.hfov_deg)

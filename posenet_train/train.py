@@ -8,6 +8,7 @@ interrupted run that resumes ends with the same weights as one that never stoppe
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import signal
@@ -26,6 +27,7 @@ from torch import nn
 from posenet_ros import __version__
 from posenet_ros.atomic import atomic_path
 from posenet_ros.contract import Preprocessing
+from posenet_ros.errors import first_line
 from posenet_ros.geometry import position_error, quat_unit, rotation_error_deg
 from posenet_ros.model import PoseNet, PoseNetConfig, load_imagenet_backbone
 from posenet_train.data import Augmentation, PoseDataset, PositionNormalization, epoch_order, sample_rngs
@@ -39,6 +41,36 @@ SCHEDULES = ("constant", "step", "cosine")
 IMAGENET_URL = "https://download.pytorch.org/models/googlenet-1378be20.pth"
 # What a resumed run may change; everything else comes from the checkpoint.
 RESUMABLE_OVERRIDES = ("steps", "checkpoint_every", "eval_every", "progress", "device", "threads")
+
+
+# Help text of every FitConfig field, shown by ``posenet-train fit --help`` (the defaults are added there).
+FIT_OPTION_HELP = {
+    "scene_name": "scene name recorded in the model's contract (default: the data folder's name)",
+    "input_size": "network input, pixels (square crop; PoseNet uses 224)",
+    "resize_shortest_side": "images are resized to this shortest side before cropping (>= input size)",
+    "final_fc_dim": "width of the final fully connected layer before the pose regressor",
+    "batch_size": "images per step and process",
+    "steps": "optimizer steps in total (a resumed run continues to this count)",
+    "optimizer": "adam, sgd or adagrad",
+    "lr": "learning rate",
+    "momentum": "SGD momentum (sgd only)",
+    "weight_decay": "L2 weight decay",
+    "schedule": "learning-rate schedule: constant, step (x0.1 every --lr-step-every) or cosine",
+    "lr_step_every": "steps between x0.1 decays with --schedule step (0: unset)",
+    "warmup_steps": "linear learning-rate warm-up over this many steps (0: none)",
+    "beta": "position/rotation weight of PoseNet's loss (500 indoors; ignored with --learn-weighting)",
+    "learn_weighting": "learn the position/rotation weighting (Kendall 2017) instead of a fixed beta",
+    "color_jitter": "brightness/contrast/saturation jitter in [0, 1) (0: none)",
+    "seed": "seed of initialization, batch order and augmentation (a run is reproducible)",
+    "pretrained": "backbone weights: 'imagenet' (downloads torchvision's GoogLeNet) or a .pth state dict",
+    "checkpoint_every": "steps between checkpoints (OUT/checkpoint.pt; Ctrl-C also saves one)",
+    "eval_every": "steps between validation on the test images (0: never)",
+    "eval_images": "test images used for each validation",
+    "device": "auto, cpu, cuda or cuda:N",
+    "amp": "mixed precision on CUDA",
+    "threads": "CPU threads for torch (0: torch's default)",
+    "progress": "progress bar",
+}
 
 
 @dataclass(frozen=True)
@@ -82,6 +114,8 @@ class FitConfig:
             (self.schedule != "step" or self.lr_step_every > 0, "schedule 'step' needs lr_step_every > 0"),
             (0 <= self.color_jitter < 1, "color_jitter must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.eval_every >= 0, "checkpoint_every must be >= 1"),
+            (self.eval_images >= 1 and self.warmup_steps >= 0, "eval_images must be >= 1, warmup_steps >= 0"),
+            (self.threads >= 0, "threads must be >= 0 (0: torch's default)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -166,6 +200,37 @@ def lr_factor(cfg: FitConfig, step: int) -> float:
     return warm
 
 
+PRETRAINED_KINDS = "'imagenet' (torchvision's GoogLeNet weights, downloaded) or a GoogLeNet .pth state dict"
+
+
+def check_pretrained(spec: str) -> None:
+    """Refuse a --pretrained value that cannot be ImageNet backbone weights, in one line and before
+    any image is decoded: a typo of the keyword, a missing file, an exported model, a checkpoint."""
+    from posenet_ros.model_files import torch_file_kind
+
+    if spec in ("", "imagenet"):
+        return
+    path = Path(spec)
+    if not path.exists():
+        if difflib.get_close_matches(spec.lower(), ["imagenet"], n=1, cutoff=0.6):
+            raise ValueError(f"--pretrained {spec}: no such file; did you mean the keyword imagenet?")
+        raise ValueError(f"--pretrained {spec}: no such file; give {PRETRAINED_KINDS}")
+    if not path.is_file():
+        raise ValueError(f"--pretrained {spec} is a folder; give {PRETRAINED_KINDS}")
+    kind = torch_file_kind(path)
+    if kind == "torchscript":
+        raise ValueError(
+            f"--pretrained {spec} is an exported PoseNet model, not backbone weights; give {PRETRAINED_KINDS}"
+        )
+    if kind == "checkpoint":
+        raise ValueError(
+            f"--pretrained {spec} is a posenet-train checkpoint; continue that run with fit --resume --out "
+            f"{path.parent}, or give {PRETRAINED_KINDS}"
+        )
+    if kind not in ("state_dict", "legacy"):
+        raise ValueError(f"--pretrained {spec} is not a PyTorch weights file; give {PRETRAINED_KINDS}")
+
+
 def load_pretrained(model: PoseNet, spec: str) -> str:
     if not spec:
         return "none (random init)"
@@ -173,7 +238,12 @@ def load_pretrained(model: PoseNet, spec: str) -> str:
         state = torch.hub.load_state_dict_from_url(IMAGENET_URL, progress=True, map_location="cpu")
         report = load_imagenet_backbone(model, state)
         return f"imagenet ({len(report.loaded)} backbone tensors)"
-    report = load_imagenet_backbone(model, spec)
+    check_pretrained(spec)
+    try:
+        state = torch.load(spec, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors for files that are not plain weights
+        raise ValueError(f"--pretrained {spec}: cannot read it as weights ({first_line(exc)})") from None
+    report = load_imagenet_backbone(model, state)
     return f"{spec} ({len(report.loaded)} backbone tensors)"
 
 
@@ -246,6 +316,8 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
 
     cfg, ckpt = resolve_config(cfg, resume)
     cfg.validate()
+    if ckpt is None:  # a resumed run has its weights in the checkpoint
+        check_pretrained(cfg.pretrained)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device_type = (
@@ -260,6 +332,11 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
     test_records = [r for r in records if r.split == "test"]
     norm = PositionNormalization.fit(train_records)
     spec = cfg.preprocessing()
+    # The model and its pretrained weights come before the images are decoded, so a bad --pretrained
+    # fails in a second, not after minutes of loading (the seed makes the order irrelevant).
+    torch.manual_seed(cfg.seed + info.rank)
+    model = PoseNet(cfg.model_config())
+    pretrained = load_pretrained(model, cfg.pretrained) if ckpt is None else ckpt["pretrained"]
     show = cfg.progress and info.main
     train_set = PoseDataset(data_root, train_records, spec, norm, Augmentation(True, cfg.color_jitter), progress=show)
     eval_set = (
@@ -270,9 +347,6 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
         raise DatasetError(f"{len(train_set)} training images is fewer than one global batch of {global_batch}")
     steps_per_epoch = len(train_set) // global_batch
 
-    torch.manual_seed(cfg.seed + info.rank)
-    model = PoseNet(cfg.model_config())
-    pretrained = load_pretrained(model, cfg.pretrained) if ckpt is None else ckpt["pretrained"]
     model = model.to(device).to(memory_format=torch.channels_last)
     loss_fn = PoseLoss(cfg.beta, cfg.learn_weighting).to(device)
     params = [*model.parameters(), *loss_fn.parameters()]

@@ -3,6 +3,7 @@ TorchScript/eager poses (position within 1e-3 of the scene scale, rotation withi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -129,7 +130,12 @@ def test_int8_export_is_quantized_and_stays_close_to_float(demo_scene: Path, tmp
     int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
     assert len(int8_weights) >= 57  # every convolution of the GoogLeNet backbone
     assert ros_main(["info", str(out)]) == 0
-    assert '"frames": 24' in capsys.readouterr().out
+    assert "int8 (QDQ: weights int8 per channel, activations uint8, minmax calibration on 24 frames)" in (
+        capsys.readouterr().out
+    )
+    assert ros_main(["info", "--json", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)  # one JSON document, the quantization inside it
+    assert info["quantization"]["frames"] == 24 and info["scene"]["name"] == "synthetic_room"
 
     fp32 = Engine(export_onnx(DEMO_MODEL, tmp_path / "demo.onnx"), EngineConfig(threads=2))
     int8 = Engine(out, EngineConfig(threads=2))

@@ -78,9 +78,14 @@ def test_bench_refuses_unknown_cases_and_paths(capsys) -> None:
     assert "--gpu-device must be cuda, cuda:N or cpu, got 'tpu'" in capsys.readouterr().err
 
 
-def test_info_prints_the_contract(tiny_file, capsys) -> None:
+def test_info_prints_a_summary_and_with_json_the_whole_contract(tiny_file, capsys) -> None:
     assert main(["info", str(tiny_file[0])]) == 0
-    assert json.loads(capsys.readouterr().out)["scene"]["name"] == "test_scene"
+    text = capsys.readouterr().out
+    assert "TorchScript PoseNet for scene 'test_scene'" in text and "input          64x64 crop" in text
+    assert "weights        float32" in text and not text.lstrip().startswith("{")
+    assert main(["info", "--json", str(tiny_file[0])]) == 0
+    data = json.loads(capsys.readouterr().out)  # the whole output is one JSON document
+    assert data["scene"]["name"] == "test_scene" and data["quantization"] is None
 
 
 def test_info_on_a_bad_file_is_one_line_error(tmp_path: Path, capsys) -> None:
