@@ -194,7 +194,16 @@ def read_messages(reader: Any, topics: list[str]) -> Iterator[BagMessage]:
     """Messages on ``topics`` in recording order; an undecodable one comes with ``msg`` None and the
     reason, so the caller counts it and goes on."""
     conns = [c for c in reader.connections if c.topic in topics]
-    for conn, log_time, raw in reader.messages(connections=conns):
+    count = 0
+    stream = reader.messages(connections=conns)
+    while True:
+        try:
+            conn, log_time, raw = next(stream)
+        except StopIteration:
+            return
+        except Exception as exc:  # damage the storage layer meets mid-way: a bad chunk, an unreadable page
+            raise BagError(f"bag read failed after {count} messages: {first_line(exc)}") from None
+        count += 1
         try:
             msg = reader.deserialize(raw, conn.msgtype)
         except Exception as exc:  # a corrupt payload raises anything from struct/index errors to rosbags ones

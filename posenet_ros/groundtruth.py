@@ -25,9 +25,15 @@ POSE_TYPES = (
 )
 
 
-def _pose_of(msg: Any) -> Pose:
-    def make(p: Any, q: Any) -> Pose:
-        return Pose(np.array([p.x, p.y, p.z]), xyzw_to_wxyz(np.array([q.x, q.y, q.z, q.w])))
+def pose_of_message(msg: Any) -> Pose | None:
+    """The pose in a pose or transform message; None when it is no pose (a non-finite position, a
+    zero or non-finite quaternion), so one corrupt sample is skipped, not the whole replay."""
+
+    def make(p: Any, q: Any) -> Pose | None:
+        try:
+            return Pose(np.array([p.x, p.y, p.z], np.float64), xyzw_to_wxyz(np.array([q.x, q.y, q.z, q.w], np.float64)))
+        except ValueError:
+            return None
 
     if hasattr(msg, "transform"):
         return make(msg.transform.translation, msg.transform.rotation)
@@ -79,12 +85,15 @@ class TfTree:
         for is_static, msg in messages:
             for t in msg.transforms:
                 parent, child = t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/")
+                pose = pose_of_message(t)
+                if pose is None:
+                    continue
                 if is_static:
-                    tree.static[child] = (parent, _pose_of(t))
+                    tree.static[child] = (parent, pose)
                 else:
                     entry = samples.setdefault(child, (parent, [], []))
                     entry[1].append(header_stamp_ns(t))
-                    entry[2].append(_pose_of(t))
+                    entry[2].append(pose)
         tree.dynamic = {child: (p, PoseTrack(s, poses)) for child, (p, s, poses) in samples.items()}
         return tree
 
@@ -194,9 +203,10 @@ class GroundTruth:
                 raise BagError(f"ground-truth topic {source.topic!r} {problem}; pose topics found: {found}")
             stamps, poses = [], []
             for m in read_messages(reader, [source.topic]):
-                if m.msg is not None:
+                pose = pose_of_message(m.msg) if m.msg is not None else None
+                if pose is not None:
                     stamps.append(header_stamp_ns(m.msg))
-                    poses.append(_pose_of(m.msg))
+                    poses.append(pose)
             self.track = PoseTrack(stamps, poses)
         else:
             tf_topics = [t for t in TF_TOPICS if types.get(t) == "tf2_msgs/msg/TFMessage"]

@@ -35,11 +35,13 @@ class RawImage:
 
 
 def _buffer(data: Any) -> np.ndarray:
-    if isinstance(data, np.ndarray):
-        return data.reshape(-1).view(np.uint8)
     try:
+        if isinstance(data, np.ndarray):
+            # Contiguous first: a strided or wider-than-byte array cannot be viewed as bytes as it is
+            # (no copy for the contiguous uint8 arrays rosbags and rclpy hand us).
+            return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
         return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-    except TypeError:
+    except (TypeError, ValueError):
         raise ImageDecodeError(f"image data of type {type(data).__name__} is not a byte buffer") from None
 
 
@@ -71,6 +73,7 @@ def decode_compressed(msg: Any) -> tuple[np.ndarray, str]:
     """Decode a CompressedImage (JPEG or PNG) to (HxWxC uint8, encoding): colour images come back
     bgr8 (bgra8 with alpha), grey ones mono8, as image_transport's compressed plugin expects."""
     fmt = str(getattr(msg, "format", "")).lower()
+    fmt = fmt if fmt.isprintable() else repr(fmt)  # the error stays one line whatever a driver sends
     buf = _buffer(msg.data)
     if buf.size == 0:
         raise ImageDecodeError(f"compressed image ({fmt or 'unknown format'}) has no data")
