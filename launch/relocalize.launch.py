@@ -21,6 +21,7 @@ ARGUMENTS = (
     ("namespace", "", "namespace for the node, its topics and /tf, /tf_static"),
     ("device", "auto", "auto, cpu, cuda or cuda:N"),
     ("tf_mode", "map_to_camera", "map_to_camera, map_to_base, map_to_odom or none"),
+    ("pose_frame", "auto", "whose pose the pose topics carry: camera, base or auto (base with a base or odom tf_mode)"),
     ("log_level", "info", "node log level"),
 )
 
@@ -36,6 +37,7 @@ def generate_launch_description():
         "use_sim_time": ParameterValue(cfg["use_sim_time"], value_type=bool),
         "device": cfg["device"],
         "tf_mode": cfg["tf_mode"],
+        "pose_frame": cfg["pose_frame"],
     }
     image = cfg["image_topic"]
     remappings = [("image", image), ("image/compressed", [image, "/compressed"])]

@@ -1,6 +1,6 @@
-"""The rclpy relocalization node: the only module that imports ROS. It wires subscriptions,
-publishers, parameters, TF and diagnostics to the ROS-free pieces (``relocalizer``, ``engine``,
-``image_codec``); every decision lives there.
+"""The rclpy relocalization node: the only module of the node that imports ROS. It wires
+subscriptions, publishers, parameters, a service, TF and diagnostics to the ROS-free pieces in
+``posenet_ros.relocalizer`` (every decision lives there), ``engine`` and ``image_codec``.
 
 Threading: the subscription callback only stores the newest frame; one worker thread runs
 inference, so the executor is never blocked and frames never queue behind the network.
@@ -8,51 +8,48 @@ inference, so the executor is never blocked and frames never queue behind the ne
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import rclpy
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.duration import Duration
-from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
+from std_srvs.srv import Trigger
 from tf2_ros import Buffer, TransformBroadcaster, TransformException, TransformListener
 
 from posenet_ros.engine import Engine, EngineError
 from posenet_ros.errors import first_line
 from posenet_ros.geometry import Pose
 from posenet_ros.image_codec import ImageDecodeError, decode
-from posenet_ros.relocalizer import (
-    DROPPED_STALE,
-    PARAMETERS,
-    PUBLISHED,
-    Frame,
-    LatestFrameSlot,
-    NodeSettings,
-    NodeStats,
-    ParamSpec,
+from posenet_ros.relocalizer.diagnostics import NodeStats, diagnostic_level
+from posenet_ros.relocalizer.frames import DROPPED_STALE, PUBLISHED, Frame, LatestFrameSlot, localize_frame, stamp_to_ns
+from posenet_ros.relocalizer.messages import covariance_list, fill_pose, fill_transform, pose_from_transform, set_stamp
+from posenet_ros.relocalizer.params import PARAMETERS, NodeSettings, ParamSpec, resolve_model_path
+from posenet_ros.relocalizer.tf_plans import (
+    TfPlan,
+    base_pose_with_covariance,
     compose_for_plan,
-    covariance_list,
-    diagnostic_level,
-    fill_pose,
-    fill_transform,
-    localize_frame,
-    pose_from_transform,
-    resolve_model_path,
-    set_stamp,
-    stamp_to_ns,
+    conflict_advice,
+    frame_parents,
+    second_parent,
     tf_plan,
 )
 
 NODE_NAME = "posenet_relocalizer"
 PACKAGE = "posenet_ros"
 THROTTLE_S = 5.0
+TF_TREE_REFRESH_S = 1.0  # how often the one-parent check re-reads the TF tree
 # Sensor data: best effort, keep only the newest frame (rclpy's qos_profile_sensor_data keeps 5).
 SENSOR_QOS = QoSProfile(
     reliability=ReliabilityPolicy.BEST_EFFORT,
@@ -84,7 +81,9 @@ class ImageConverter:
 
             self._bridge = CvBridge()
         except Exception as exc:  # ImportError, or its NumPy ABI break surfacing as anything
-            logger.warning(f"cv_bridge unavailable ({type(exc).__name__}: {exc}); using the built-in converter")
+            logger.warning(
+                f"cv_bridge unavailable ({type(exc).__name__}: {first_line(exc)}); using the built-in converter"
+            )
 
     @property
     def name(self) -> str:
@@ -117,14 +116,19 @@ class RelocalizerNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.converter = ImageConverter(self.get_logger())
         self.slot = LatestFrameSlot()
-        self.stats = NodeStats()
+        self.stats = NodeStats(window_s=s.diagnostics_window)
+        self.worker_error = ""  # set if the worker ever stops for good; /diagnostics turns ERROR
+        self._initial_pose_armed = s.initial_pose_on_start
+        self._tf_parents: tuple[float, dict[str, str]] = (-float("inf"), {})
         if s.compressed:
             self.create_subscription(CompressedImage, "image/compressed", self._on_image, SENSOR_QOS)
         else:
             self.create_subscription(Image, "image", self._on_image, SENSOR_QOS)
         self.pose_pub = self.create_publisher(PoseStamped, "~/pose", RELIABLE_QOS)
         self.pose_cov_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose_with_covariance", RELIABLE_QOS)
+        self.initial_pose_pub = self.create_publisher(PoseWithCovarianceStamped, s.initial_pose_topic, RELIABLE_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+        self.create_service(Trigger, "~/publish_initial_pose", self._on_publish_initial_pose)
         self.tf_broadcaster = TransformBroadcaster(self)
         self.tf_buffer = Buffer()
         self.tf_listener = TransformListener(self.tf_buffer, self)
@@ -134,7 +138,8 @@ class RelocalizerNode(Node):
         c = self.engine.contract
         self.get_logger().info(
             f"loaded {model_path} (scene {c.scene.name}, input {c.preprocessing.input_width}x"
-            f"{c.preprocessing.input_height}) on {self.engine.device}; image converter {self.converter.name}"
+            f"{c.preprocessing.input_height}) on {self.engine.device}; image converter {self.converter.name}; "
+            f"tf_mode {s.tf_mode}, pose of {'base ' + s.base_frame if s.pose_of_base else 'the camera'}"
         )
 
     # -- parameters ------------------------------------------------------------------------------
@@ -154,59 +159,118 @@ class RelocalizerNode(Node):
             return SetParametersResult(successful=False, reason=reason)
         if "latency_budget_ms" in changes:
             self.engine.set_latency_budget(self.settings.latency_budget_ms or None)
+        if changes.get("initial_pose_on_start") is True:
+            self._initial_pose_armed = True
         return SetParametersResult(successful=True, reason="")
+
+    def _on_publish_initial_pose(self, request: Any, response: Any) -> Any:
+        self._initial_pose_armed = True
+        response.success = True
+        topic = self.initial_pose_pub.topic_name
+        response.message = f"the next good {self.settings.base_frame} pose will be published on {topic}"
+        return response
 
     # -- frames ----------------------------------------------------------------------------------
 
     def _on_image(self, msg: Any) -> None:
-        self.stats.count("received")
+        self.stats.received_frame()
         self.slot.put(Frame(msg, stamp_to_ns(msg.header.stamp), msg.header.frame_id))
 
     def _run_worker(self) -> None:
-        while not self.slot.closed:
-            frame = self.slot.take(timeout=0.1)
-            if frame is not None:
-                self.process(frame)
+        try:
+            while not self.slot.closed:
+                frame = self.slot.take(timeout=0.1)
+                if frame is None:
+                    continue
+                try:
+                    self.process(frame)
+                except Exception as exc:  # outside the frame path (CUDA OOM, a converter bug): survive it
+                    if self.slot.closed or not self.context.ok():
+                        return  # shutting down: publishing into a closed context is expected to fail
+                    reason = f"{type(exc).__name__}: {first_line(exc)}"
+                    self.stats.count("errors", reason=reason)
+                    self.get_logger().error(f"frame failed, still running: {reason}", throttle_duration_sec=THROTTLE_S)
+        except BaseException as exc:  # never silently: /diagnostics reports it as ERROR
+            self.worker_error = f"{type(exc).__name__}: {first_line(exc)}"
+            raise
 
     def process(self, frame: Frame) -> bool:
         """Localize one frame and publish; False when it was dropped (counted and logged)."""
-        now_ns = self.get_clock().now().nanoseconds
-        outcome = localize_frame(self.engine, self.settings, self.converter.decode, frame, now_ns, self.stats)
+        s = self.settings
+        camera = s.camera_frame or frame.frame_id
+        plan = tf_plan(s, frame.frame_id)
+        mount = None  # base<-camera, static
+        if s.pose_of_base or self._initial_pose_armed or (plan is not None and plan.base_from_camera is not None):
+            mount = self._lookup_mount(s.base_frame, camera)
+            if mount is None and s.pose_of_base:
+                return False  # counted and logged by _lookup_mount; no point running the network
+        outcome = localize_frame(
+            self.engine, s, self.converter.decode, frame, self.get_clock().now().nanoseconds, self.stats
+        )
         if outcome.status != PUBLISHED:
-            log = self.get_logger()
-            report = log.warning if outcome.status == DROPPED_STALE else log.error
-            report(outcome.reason, throttle_duration_sec=THROTTLE_S)
+            # One call site per severity: rclpy refuses a call site that changes severity.
+            if outcome.status == DROPPED_STALE:
+                self.get_logger().warning(outcome.reason, throttle_duration_sec=THROTTLE_S)
+            else:
+                self.get_logger().error(outcome.reason, throttle_duration_sec=THROTTLE_S)
             return False
+        camera_pose, camera_cov = outcome.loc.pose, outcome.covariance
         # TF first: whoever reacts to the pose finds the matching transform already sent.
-        self._broadcast_tf(frame, outcome.loc.pose)
-        self._publish_pose(frame, outcome.loc.pose, covariance_list(outcome.covariance))
+        if plan is not None:
+            self._broadcast_tf(frame, plan, camera_pose, mount)
+        base = base_pose_with_covariance(camera_pose, camera_cov, mount) if mount is not None else None
+        pose, cov = base if s.pose_of_base and base is not None else (camera_pose, camera_cov)
+        header_stamp_ns = frame.stamp_ns
+        self._publish_pose(header_stamp_ns, pose, covariance_list(cov))
+        if self._initial_pose_armed and base is not None:
+            self._initial_pose_armed = False
+            self.initial_pose_pub.publish(
+                self._pose_with_covariance(header_stamp_ns, base[0], covariance_list(base[1]))
+            )
+            self.get_logger().info(f"published {s.base_frame} pose on {self.initial_pose_pub.topic_name}")
         return True
 
-    def _publish_pose(self, frame: Frame, pose: Pose, covariance: list[float]) -> None:
-        msg = PoseStamped()
+    def _pose_with_covariance(self, stamp_ns: int, pose: Pose, covariance: list[float]) -> PoseWithCovarianceStamped:
+        msg = PoseWithCovarianceStamped()
         msg.header.frame_id = self.settings.map_frame
-        set_stamp(msg.header.stamp, frame.stamp_ns)
-        fill_pose(msg.pose, pose)
-        cov_msg = PoseWithCovarianceStamped()
-        cov_msg.header = msg.header
-        fill_pose(cov_msg.pose.pose, pose)
-        cov_msg.pose.covariance = covariance
+        set_stamp(msg.header.stamp, stamp_ns)
+        fill_pose(msg.pose.pose, pose)
+        msg.pose.covariance = covariance
+        return msg
+
+    def _publish_pose(self, stamp_ns: int, pose: Pose, covariance: list[float]) -> None:
+        cov_msg = self._pose_with_covariance(stamp_ns, pose, covariance)
+        msg = PoseStamped()
+        msg.header = cov_msg.header
+        msg.pose = cov_msg.pose.pose
         self.pose_pub.publish(msg)
         self.pose_cov_pub.publish(cov_msg)
 
-    def _broadcast_tf(self, frame: Frame, map_to_camera: Pose) -> None:
-        plan = tf_plan(self.settings, frame.frame_id)
-        if plan is None:
+    def _lookup_mount(self, base_frame: str, camera: str) -> Pose | None:
+        try:
+            return self._lookup((base_frame, camera), None)
+        except TransformException as exc:
+            message = f"no {base_frame}<-{camera} transform (the camera mount): {first_line(exc)}"
+            self.stats.count("tf_failures", reason=message)
+            self.get_logger().warning(message, throttle_duration_sec=THROTTLE_S)
+            return None
+
+    def _broadcast_tf(self, frame: Frame, plan: TfPlan, map_to_camera: Pose, mount: Pose | None) -> None:
+        existing = second_parent(self._parents(), plan)
+        if existing is not None:
+            self.stats.count("tf_conflicts")
+            self.get_logger().warning(
+                conflict_advice(plan, existing, self.settings.tf_mode), throttle_duration_sec=THROTTLE_S
+            )
             return
         try:
-            base_to_camera = self._lookup(plan.base_from_camera, None)
-            odom_to_base = self._lookup(plan.odom_from_base, frame.stamp_ns)
-            transform = compose_for_plan(plan, map_to_camera, base_to_camera, odom_to_base)
+            wait = Duration(seconds=self.settings.tf_timeout)
+            odom_to_base = self._lookup(plan.odom_from_base, frame.stamp_ns, wait)
+            transform = compose_for_plan(plan, map_to_camera, mount, odom_to_base)
         except (TransformException, ValueError) as exc:
-            self.stats.count("tf_failures")
-            self.get_logger().warning(
-                f"no TF {plan.parent}->{plan.child} published: {exc}", throttle_duration_sec=THROTTLE_S
-            )
+            message = f"no TF {plan.parent}->{plan.child} published: {first_line(exc)}"
+            self.stats.count("tf_failures", reason=message)
+            self.get_logger().warning(message, throttle_duration_sec=THROTTLE_S)
             return
         msg = TransformStamped()
         set_stamp(msg.header.stamp, frame.stamp_ns + plan.future_ns)
@@ -215,18 +279,32 @@ class RelocalizerNode(Node):
         fill_transform(msg.transform, transform)
         self.tf_broadcaster.sendTransform(msg)
 
-    def _lookup(self, frames: tuple[str, str] | None, stamp_ns: int | None) -> Pose | None:
+    def _parents(self) -> dict[str, str]:
+        """child -> parent of the TF tree as this node's buffer sees it, re-read once a second."""
+        read_at, parents = self._tf_parents
+        now = time.monotonic()
+        if now - read_at >= TF_TREE_REFRESH_S:
+            parents = frame_parents(yaml.safe_load(self.tf_buffer.all_frames_as_yaml()) or {})
+            self._tf_parents = (now, parents)
+        return parents
+
+    def _lookup(
+        self, frames: tuple[str, str] | None, stamp_ns: int | None, wait: Duration | None = None
+    ) -> Pose | None:
         if frames is None:
             return None
         when = Time() if stamp_ns is None else Time(nanoseconds=stamp_ns)
-        t = self.tf_buffer.lookup_transform(frames[0], frames[1], when, timeout=Duration(seconds=0.0))
+        t = self.tf_buffer.lookup_transform(frames[0], frames[1], when, timeout=wait or Duration(seconds=0.0))
         return pose_from_transform(t.transform)
 
     # -- diagnostics -----------------------------------------------------------------------------
 
     def publish_diagnostics(self) -> None:
         summary = self.stats.summary(self.slot.skipped)
-        level, message = diagnostic_level(summary, self.settings.latency_budget_ms)
+        worker_error = self.worker_error or ("" if self._worker.is_alive() else "the inference thread ended")
+        level, message = diagnostic_level(
+            summary, self.settings.latency_budget_ms, worker_error, self.stats.last_drop_reason
+        )
         status = DiagnosticStatus()
         status.level = bytes([level])
         status.name = f"{self.get_name()}: relocalization"
@@ -259,21 +337,28 @@ def _share_dir() -> str | None:
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
+    """Exit 0 after Ctrl-C or SIGTERM (launch, systemd and docker stop that way), 1 with one
+    error line when the node cannot start (bad model, bad parameter, bad arguments)."""
     node = None
     try:
+        rclpy.init(args=args)
         node = RelocalizerNode()
-        rclpy.spin(node)
-    except (EngineError, ParameterException) as exc:
-        # One clear line, then a non-zero exit so launch reports the failure.
-        rclpy.logging.get_logger(NODE_NAME).error(f"cannot start: {' '.join(str(exc).split())}")
+    except Exception as exc:  # any start-up failure is one line and a non-zero exit, never a traceback
+        detail = first_line(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {first_line(exc)}"
+        rclpy.logging.get_logger(NODE_NAME).error(f"cannot start: {' '.join(detail.split())}")
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
         return 1
-    except KeyboardInterrupt:
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
+        # A second Ctrl-C during clean-up must not print a traceback either.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        node.shutdown()
+        node.destroy_node()
         rclpy.try_shutdown()
     return 0
 

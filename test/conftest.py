@@ -1,7 +1,13 @@
-"""Shared fixtures: small real models exported to real TorchScript files."""
+"""Shared fixtures: small real models exported to real TorchScript files, and a real colcon build
+of this package (its install space and the environment that sources it)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,9 +19,51 @@ from posenet_ros.contract import Contract, OutputSpec, Preprocessing, SceneInfo
 from posenet_ros.export import export_torchscript
 from posenet_ros.model import PoseNet, normalize_pose_output
 
+ROOT = Path(__file__).resolve().parents[1]
+# What a colcon build of the checkout must not copy (caches, outputs, the venv with its ROS build).
+COLCON_SKIP = {".venv", ".git", "build", "install", "log", "__pycache__", ".pytest_cache", ".ruff_cache"}
+COLCON_SKIP |= {".hypothesis", "out"}
+
 # Property tests check maths, not speed: no per-example deadline on shared, noisy CI machines.
 settings.register_profile("ci", deadline=None)
 settings.load_profile("ci")
+# rclpy in this process (the ROS tests' probe) logs here, not into ~/.ros on a shared machine.
+os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="posenet_test_ros_log_"))
+
+
+@pytest.fixture(scope="session")
+def colcon_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkout built with the real `colcon build` into a fresh workspace; returns the workspace."""
+    colcon = shutil.which("colcon") or str(Path(sys.executable).parent / "colcon")
+    if not Path(colcon).exists():
+        pytest.fail("colcon is not installed in this environment (make setup installs it)")
+    ws = tmp_path_factory.mktemp("ws")
+    shutil.copytree(
+        ROOT,
+        ws / "src" / "posenet_ros",
+        ignore=lambda d, names: [n for n in names if n in COLCON_SKIP or n.endswith(".egg-info")],
+    )
+    env = {**os.environ, "COLCON_HOME": str(ws / ".colcon"), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [colcon, "--log-base", "log", "build", "--base-paths", "src", "--event-handlers", "console_direct+"],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return ws
+
+
+@pytest.fixture(scope="session")
+def ros_env(colcon_ws: Path) -> dict[str, str]:
+    """This process's environment (ROS 2 sourced) with the built package's install space sourced on top."""
+    setup = colcon_ws / "install" / "local_setup.bash"
+    out = subprocess.run(
+        ["bash", "-c", f'source "{setup}" && env -0'], capture_output=True, check=True, timeout=60, env=dict(os.environ)
+    ).stdout
+    return dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
 
 
 def randomized_posenet(seed: int = 0) -> PoseNet:

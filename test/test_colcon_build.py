@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,31 +10,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIP = {".venv", ".git", "build", "install", "log", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", "out"}
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    colcon = Path(sys.executable).parent / "colcon"
-    if not colcon.exists():
-        pytest.fail("colcon is not installed in this environment (make setup installs it)")
-    ws = tmp_path_factory.mktemp("ws")
-    shutil.copytree(
-        ROOT,
-        ws / "src" / "posenet_ros",
-        ignore=lambda d, names: [n for n in names if n in SKIP or n.endswith(".egg-info")],
-    )
-    env = {**os.environ, "COLCON_HOME": str(ws / ".colcon"), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [str(colcon), "--log-base", "log", "build", "--base-paths", "src", "--event-handlers", "console_direct+"],
-        cwd=ws,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return ws / "install" / "posenet_ros"
+def installed(colcon_ws: Path) -> Path:
+    return colcon_ws / "install" / "posenet_ros"
 
 
 def test_ament_layout(installed: Path) -> None:

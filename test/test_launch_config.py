@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from posenet_ros.relocalizer import PARAMETERS, SPECS, check_parameter
+from posenet_ros.relocalizer.params import PARAMETERS, SPECS, check_parameter
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "relocalize.launch.py"
@@ -22,6 +22,7 @@ REQUIRED_ARGS = {
     "namespace",
     "device",
     "tf_mode",
+    "pose_frame",
     "log_level",
 }
 

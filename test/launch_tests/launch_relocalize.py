@@ -1,34 +1,34 @@
-"""launch_testing: the real node on a real ROS 2 install, started by the real launch file, fed
-synthetic images; it must publish poses with the images' stamps and the map->camera TF.
-Skips cleanly where ROS 2 is absent (as on CI)."""
+"""launch_testing: the real node on a real ROS 2 install, started by the package's launch file with
+its defaults (the bundled model, found relative to the share directory, and config/relocalize.yaml),
+fed synthetic images; it must publish poses with the images' stamps and the map->camera TF.
+
+Run by ``launch_test`` (test_node_ros.py does, with the colcon-built package and a private domain);
+the file name keeps pytest from collecting it directly."""
 
 from __future__ import annotations
 
 import time
 import unittest
-from pathlib import Path
 
+import launch_testing.actions
 import numpy as np
 import pytest
+import rclpy
+from launch.actions import IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import PathJoinSubstitution
+from launch_ros.substitutions import FindPackageShare
 
-rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed")
-pytest.importorskip("launch_testing", reason="launch_testing is not installed")
-
-import launch_testing.actions  # noqa: E402
-from launch.actions import IncludeLaunchDescription  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-
-import launch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "models" / "posenet_demo.pt"
+import launch
 
 
 @pytest.mark.launch_test
 def generate_test_description():
     include = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(ROOT / "launch" / "relocalize.launch.py")),
-        launch_arguments={"model": str(MODEL), "device": "cpu", "image_topic": "/test_camera/image_raw"}.items(),
+        PythonLaunchDescriptionSource(
+            PathJoinSubstitution([FindPackageShare("posenet_ros"), "launch", "relocalize.launch.py"])
+        ),
+        launch_arguments={"device": "cpu", "image_topic": "/test_camera/image_raw"}.items(),
     )
     return launch.LaunchDescription([include, launch_testing.actions.ReadyToTest()])
 
