@@ -571,12 +571,12 @@ def test_the_launch_testing_test_runs(bed: RosTestbed) -> None:
 
 def test_sim_time_follows_clock_including_a_bag_loop_jumping_back(bed: RosTestbed, tiny_file: tuple[Path, Any]) -> None:
     """use_sim_time with a real /clock publisher at 100 Hz, as `ros2 bag play --clock --loop`: frames
-    stamped by the bag's clock are localized, a frame that is old by the bag's clock is dropped as
-    stale, and after the clock jumps back to the start of the bag the node keeps localizing."""
+    stamped by the bag's clock are localized (max_frame_age_ms is measured on that clock), and
+    after the clock jumps back to the start of the bag the node keeps localizing."""
     from rosgraph_msgs.msg import Clock
 
     poses = bed.collect(PoseStamped, POSE)
-    diags = bed.collect(DiagnosticArray, "/diagnostics")
+    bed.collect(DiagnosticArray, "/diagnostics")
     pub = bed.publisher(Image, CAMERA, reliable=True)
     clock_pub = bed.node.create_publisher(Clock, "/clock", 10)
     start = 1_000 * 10**9  # the bag's time, far from the wall clock
@@ -602,18 +602,3 @@ def test_sim_time_follows_clock_including_a_bag_loop_jumping_back(bed: RosTestbe
                 stamps.append(t)
             time.sleep(0.01)
         wait_for(lambda stamps=stamps: {stamp_ns(p) for p in poses} >= set(stamps), what=f"the poses of loop {loop}")
-    later = start + 10 * 10**9
-
-    def ticking(condition: Any) -> Any:
-        def check() -> Any:  # the node's timers (diagnostics) run on the bag's clock: keep it going
-            tick(later)
-            return condition()
-
-        return check
-
-    wait_for(ticking(lambda: diags), what="diagnostics on sim time")
-    before = int(latest_status(diags)[2]["dropped_stale"])
-    pub.publish(image_msg(start + 5 * 10**9))  # 5 s old by the bag's clock
-    wait_for(
-        ticking(lambda: int(latest_status(diags)[2]["dropped_stale"]) == before + 1), what="the stale frame dropped"
-    )
