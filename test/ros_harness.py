@@ -126,9 +126,11 @@ class RosTestbed:
         """The real ros2 CLI on this graph. A fresh CLI process may not have discovered the node yet
         ("Node not found" on a loaded machine): asked again until ``timeout``, as a person would."""
         end = time.monotonic() + timeout
+        # The ros2 daemon detaches from our process group and would outlive the test: never start one.
+        argv = ["ros2", *args, "--no-daemon"] if args and args[0] == "param" else ["ros2", *args]
         while True:
             out = subprocess.run(
-                ["ros2", *args], env=self.env, capture_output=True, text=True, timeout=timeout, start_new_session=True
+                argv, env=self.env, capture_output=True, text=True, timeout=timeout, start_new_session=True
             )
             if "Node not found" not in out.stderr or time.monotonic() > end:
                 return out
