@@ -53,3 +53,35 @@ def test_learned_weighting_formula_and_gradients() -> None:
     assert fn.s_q.grad.item() == pytest.approx(1 - l_q * math.exp(3.0), rel=1e-5)
     assert pred.grad is not None and torch.all(torch.isfinite(pred.grad))
     assert stats["s_q"] == -3.0
+
+
+@pytest.mark.parametrize("learn", [False, True])
+def test_fixed_beta_is_in_metres_whatever_the_position_normalization(learn: bool) -> None:
+    """Issue 18, defect 1: the network sees (p - offset) / scale; with a fixed beta the loss of a
+    prediction must be the paper's ``||p - p_hat|| (m) + beta ||q - q_hat||`` for every scale."""
+    gen = torch.Generator().manual_seed(0)
+    p_true, p_pred = torch.randn(8, 3, generator=gen) * 20, torch.randn(8, 3, generator=gen) * 20
+    q_true = torch.nn.functional.normalize(torch.randn(8, 4, generator=gen), dim=1)
+    q_pred = torch.randn(8, 4, generator=gen)
+    offset = torch.tensor([3.0, -1.0, 0.5])
+    metres = (p_pred - p_true).norm(dim=1).mean().item()
+    paper = metres + 500.0 * quaternion_distance(q_pred, q_true).mean().item()
+    values = []
+    for scale in (0.5, 1.0, 2.8, 40.0):
+        target = torch.cat([(p_true - offset) / scale, q_true], 1)
+        pred = torch.cat([(p_pred - offset) / scale, q_pred], 1)
+        loss, stats = PoseLoss(beta=500.0, learn_weighting=learn, position_scale=scale)(pred, target)
+        assert stats["l_x"] == pytest.approx(metres, rel=1e-5)  # reported in metres either way
+        values.append(loss.item())
+    if not learn:
+        assert values == pytest.approx([paper] * 4, rel=1e-5)
+    else:  # the learned weighting is left as it was: s_x absorbs the unit
+        fn = PoseLoss(learn_weighting=True)
+        assert values[1] == pytest.approx(
+            fn(torch.cat([p_pred - offset, q_pred], 1), torch.cat([p_true - offset, q_true], 1))[0].item(), rel=1e-5
+        )
+
+
+def test_position_scale_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="position_scale"):
+        PoseLoss(position_scale=0.0)
