@@ -58,7 +58,8 @@ FIT_OPTION_HELP = {
     "schedule": "learning-rate schedule: constant, step (x0.1 every --lr-step-every) or cosine",
     "lr_step_every": "steps between x0.1 decays with --schedule step (0: unset)",
     "warmup_steps": "linear learning-rate warm-up over this many steps (0: none)",
-    "beta": "position/rotation weight of PoseNet's loss (500 indoors; ignored with --learn-weighting)",
+    "beta": "PoseNet's loss weight of rotation against position, metres per unit quaternion distance "
+    "(the paper's beta: 120-750 indoors, 250-2000 outdoors; ignored with --learn-weighting)",
     "learn_weighting": "learn the position/rotation weighting (Kendall 2017) instead of a fixed beta",
     "color_jitter": "brightness/contrast/saturation jitter in [0, 1) (0: none)",
     "seed": "seed of initialization, batch order and augmentation (a run is reproducible)",
@@ -348,7 +349,8 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
     steps_per_epoch = len(train_set) // global_batch
 
     model = model.to(device).to(memory_format=torch.channels_last)
-    loss_fn = PoseLoss(cfg.beta, cfg.learn_weighting).to(device)
+    # The loss sees normalized positions; position_scale takes its fixed-beta term back to metres.
+    loss_fn = PoseLoss(cfg.beta, cfg.learn_weighting, position_scale=norm.scale).to(device)
     params = [*model.parameters(), *loss_fn.parameters()]
     optimizer = make_optimizer(cfg, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
