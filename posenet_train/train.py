@@ -274,6 +274,24 @@ def median_errors(
     return {"median_position_m": float(np.median(pos_err)), "median_rotation_deg": float(np.median(rot_err))}
 
 
+class TrainStep(nn.Module):
+    """The network and the loss as one module, so DDP wraps the learned loss weights (s_x, s_q)
+    with the network: their gradients are all-reduced like every other parameter's, and every rank
+    holds the values rank 0 saves. (Outside the DDP module each rank stepped them on its own
+    batch's gradient alone and they drifted apart.)"""
+
+    def __init__(self, model: PoseNet, loss_fn: PoseLoss, use_amp: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.use_amp = use_amp
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.autocast(x.device.type, dtype=torch.float16, enabled=self.use_amp):
+            outputs = self.model(x)
+        return self.loss_fn(outputs.float(), y)
+
+
 class StopFlag:
     """Ctrl-C (SIGINT) asks the loop to stop after the current step and save a checkpoint."""
 
@@ -365,7 +383,8 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
         scaler.load_state_dict(ckpt["scaler"])
         step, history, elapsed = ckpt["step"], ckpt["history"], ckpt["seconds"]
         torch.set_rng_state(ckpt["rng"][info.rank] if info.rank < len(ckpt["rng"]) else ckpt["rng"][0])
-    train_model = nn.parallel.DistributedDataParallel(model) if info.world_size > 1 else model
+    train_step = TrainStep(model, loss_fn, use_amp)
+    train_model = nn.parallel.DistributedDataParallel(train_step) if info.world_size > 1 else train_step
     train_model.train()
 
     def save() -> Path:
@@ -422,9 +441,7 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
             indices = chunk[info.rank * cfg.batch_size : (info.rank + 1) * cfg.batch_size].tolist()
             x, y = train_set.batch(indices, sample_rngs(cfg.seed, epoch, indices))
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                outputs = train_model(x)
-            loss, stats = loss_fn(outputs.float(), y)
+            loss, stats = train_model(x, y)
             if not math.isfinite(stats["loss"]):
                 raise FloatingPointError(f"loss became {stats['loss']} at step {step}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
