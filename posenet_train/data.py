@@ -1,9 +1,11 @@
 """Training inputs: decoded-once image cache, the paper's augmentation and position normalization.
 
 Images are decoded with OpenCV and resized to the contract's shortest side once, then cached next to
-the data set (``.cache/``), so an epoch never re-decodes full-size photos. Every random choice of a
-sample is drawn from a generator seeded by (seed, epoch, index): batches are the same whatever the
-process count or a resume, which is what makes ``--resume`` exact.
+the data set (``.cache/``), so an epoch never re-decodes full-size photos. The cache is keyed by
+each file's name, size and modification time (ns) as well as the resize settings, so a folder that
+``synth`` or ``convert`` rewrote is decoded again instead of pairing the old pixels with new poses.
+Every random choice of a sample is drawn from a generator seeded by (seed, epoch, index): batches
+are the same whatever the process count or a resume, which is what makes ``--resume`` exact.
 """
 
 from __future__ import annotations
@@ -62,8 +64,7 @@ class ImageCache:
         from tqdm import tqdm
 
         shortest_side = spec.resize_shortest_side
-        header = f"{shortest_side} {spec.interpolation}\n".encode()
-        key = hashlib.sha1(header + "\n".join(r.image for r in records).encode()).hexdigest()
+        key = cache_key(root, records, spec)
         cache_file = root / ".cache" / f"images_s{shortest_side}_{key[:16]}.npz"
         if cache_file.is_file():
             with np.load(cache_file) as z:
@@ -76,6 +77,20 @@ class ImageCache:
         cache_file.parent.mkdir(exist_ok=True)
         with atomic_path(cache_file, suffix=".npz") as tmp:  # np.savez appends .npz to other names
             np.savez(tmp, **{f"i{k}": im for k, im in enumerate(self.images)})
+
+
+def cache_key(root: Path, records: list[PoseRecord], spec: Preprocessing) -> str:
+    """sha1 of the resize settings and, per image, its name, size and st_mtime_ns: any rewrite of
+    a file (same name, new pixels) changes the key. A missing file keeps its name in the key, and
+    decoding then reports it."""
+    lines = [f"{spec.resize_shortest_side} {spec.interpolation}"]
+    for r in records:
+        try:
+            st = (root / r.image).stat()
+            lines.append(f"{r.image}\t{st.st_size}\t{st.st_mtime_ns}")
+        except OSError:
+            lines.append(f"{r.image}\t-\t-")
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
