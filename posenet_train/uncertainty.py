@@ -14,6 +14,14 @@ engine's sample covariance).
   std as the reference of the normalized uncertainty score. The median, not the 95th percentile or
   the mean: a few gross failures (a view the model never learnt) dominate those and inflate every
   other frame's covariance; an EKF's Mahalanobis gate is the tool for the failures.
+- In ``crops`` mode the covariance is the spread of crops laid on a grid over the free range, and
+  the grid depends on the crop count (2 crops sit at the two extremes, 128 fill the range), which
+  changes the raw variance several-fold; the engine picks 1..128 crops under its latency budget. So
+  ``calibrate`` fits crops mode once per count in ``CALIBRATION_CROP_COUNTS`` and stores the table
+  as ``calibration.crops.by_crops`` ({"2": {...}, "4": {...}, ...}, each entry the fields of a
+  calibration) next to the single entry at the requested count. Readers that predate the table
+  ignore the key and keep using the single entry (as fitted before); ``calibration_for_crops`` is
+  the rule a reader that knows the table applies for the count it ran.
 """
 
 from __future__ import annotations
@@ -25,15 +33,19 @@ from typing import Any
 import cv2
 import numpy as np
 
-from posenet_ros.contract import Calibration
+from posenet_ros.atomic import atomic_path
+from posenet_ros.contract import EXTRA_FILE_NAME, Calibration, Contract
 from posenet_ros.engine import Engine, EngineConfig, load_model
-from posenet_ros.export import rewrite_contract
 from posenet_ros.geometry import quat_conjugate, quat_multiply, quat_to_rotation_vector
 from posenet_train.datasets import DatasetError, PoseRecord, positions, quaternions, read_poses_csv, split_records
 
 CHI2_3DOF_95 = 7.814727903251178  # chi-square quantile, 3 degrees of freedom, p = 0.95
 CHI2_3DOF_50 = 2.365973884375338  # its median
 CALIBRATED_MODES = ("mc_dropout", "crops")
+# Crop counts the crops-mode calibration is fitted at: the engine's budget candidates are the powers
+# of two up to max_crops (128 by default); one crop has no spread and no covariance.
+CALIBRATION_CROP_COUNTS = (2, 4, 8, 16, 32, 64, 128)
+BY_CROPS_KEY = "by_crops"
 
 
 @dataclass
@@ -130,11 +142,20 @@ def blocks(pred: Predictions) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
-def fit_calibration(pred: Predictions) -> Calibration:
-    """Variance factors that make each block's median NEES the chi-square median."""
+def fit_calibration(pred: Predictions, trace_rule: bool = False) -> Calibration:
+    """Variance factors that make each block's median NEES the chi-square median.
+
+    ``trace_rule``: for covariances of fewer than 4 samples (2 or 3 crops), whose 3x3 blocks are
+    singular and whose NEES is meaningless, the factor instead makes the median of
+    ||e||^2 / trace(S) equal chi-square(3)'s median / 3, which is what the NEES rule gives for an
+    isotropic covariance: the std the engine publishes (sqrt(trace / 3)) gets the same meaning."""
     scales = {}
     for name, (err, cov) in blocks(pred).items():
-        scales[name] = float(np.median(nees(err, cov)) / CHI2_3DOF_50)
+        if trace_rule:
+            ratio = np.einsum("ni,ni->n", err, err) / np.trace(cov, axis1=1, axis2=2)
+            scales[name] = float(np.median(ratio) / (CHI2_3DOF_50 / 3.0))
+        else:
+            scales[name] = float(np.median(nees(err, cov)) / CHI2_3DOF_50)
     ref = float(np.median(pred.position_std()) * np.sqrt(scales["position"]))
     if not all(np.isfinite(v) and v > 0 for v in (*scales.values(), ref)):
         raise ValueError("calibration failed: the predicted covariances are degenerate on this split")
@@ -161,18 +182,117 @@ def metrics(pred: Predictions) -> dict[str, float | int]:
     return out
 
 
+def calibrated_predictions(pred: Predictions, cal: Calibration) -> Predictions:
+    """``pred`` with each covariance scaled by ``cal`` as the engine scales it (position block by
+    position_scale, orientation block by orientation_scale, cross terms by the geometric mean)."""
+    scale = np.sqrt(np.array([cal.position_scale] * 3 + [cal.orientation_scale] * 3))
+    return replace(pred, covariances=pred.covariances * np.outer(scale, scale))
+
+
+def calibration_entry(cal: Calibration) -> dict[str, Any]:
+    return {
+        "position_scale": cal.position_scale,
+        "orientation_scale": cal.orientation_scale,
+        "reference_position_std": cal.reference_position_std,
+        "frames": cal.frames,
+    }
+
+
+def _entry_calibration(entry: dict[str, Any]) -> Calibration:
+    return Calibration(
+        float(entry["position_scale"]),
+        float(entry["orientation_scale"]),
+        float(entry["reference_position_std"]),
+        int(entry["frames"]),
+    )
+
+
+def read_contract_dict(model: str | Path) -> dict[str, Any]:
+    """The contract of a TorchScript model file as stored (JSON object), keys the current
+    ``Contract`` does not model (``calibration.crops.by_crops``) included."""
+    import json
+
+    import torch
+
+    load_model(model)  # the file and its contract are valid (one-line errors otherwise)
+    extra = {EXTRA_FILE_NAME: ""}
+    torch.jit.load(str(model), map_location="cpu", _extra_files=extra)
+    return json.loads(extra[EXTRA_FILE_NAME])
+
+
+def write_contract_dict(src: str | Path, dst: str | Path, data: dict[str, Any]) -> Path:
+    """Copy a TorchScript model with the contract ``data`` (validated by ``Contract`` first), atomically."""
+    import json
+
+    import torch
+
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
+    Contract.from_json(text)
+    module = torch.jit.load(str(src), map_location="cpu")
+    with atomic_path(dst) as tmp:
+        torch.jit.save(module, str(tmp), _extra_files={EXTRA_FILE_NAME: text})
+    return Path(dst)
+
+
+def calibration_table(contract: dict[str, Any], mode: str) -> dict[int, Calibration]:
+    """The per-crop-count calibrations stored for ``mode`` ({} when there are none)."""
+    entry = contract.get("calibration", {}).get(mode, {})
+    table = entry.get(BY_CROPS_KEY, {}) if isinstance(entry, dict) else {}
+    return {int(n): _entry_calibration(table[n]) for n in sorted(table, key=int)}
+
+
+def calibration_for_crops(contract: dict[str, Any], mode: str, crops: int) -> Calibration | None:
+    """The calibration for a frame run with ``crops`` crops: the table's entry for that count, else
+    the one nearest in log2 (a tie goes to the larger count), else the single entry (files without
+    a table), else None. This is the rule the engine should apply per frame."""
+    table = calibration_table(contract, mode)
+    if table:
+        best = min(table, key=lambda n: (abs(np.log2(n) - np.log2(max(crops, 1))), -n))
+        return table[best]
+    entry = contract.get("calibration", {}).get(mode)
+    return _entry_calibration(entry) if entry else None
+
+
 def calibrate(
-    model: str | Path, dataset: str | Path, out: str | Path, split: str, mode: str, samples: int, crops: int | None
+    model: str | Path,
+    dataset: str | Path,
+    out: str | Path,
+    split: str,
+    mode: str,
+    samples: int,
+    crops: int | None,
+    crop_counts: tuple[int, ...] | None = None,
+    progress: bool = True,
 ) -> tuple[Calibration, dict[str, Any], dict[str, Any]]:
     """Fit on ``split`` and write ``out``: the model with the calibration in its contract.
-    Returns the calibration and the split's figures before and after."""
-    raw = predict(model, dataset, split, mode, samples, crops, calibrated=False)
-    cal = fit_calibration(raw)
+    Returns the calibration and the split's figures before and after.
+
+    In crops mode the calibration is also fitted at every count in ``crop_counts`` (default
+    ``CALIBRATION_CROP_COUNTS``; ``()`` skips the table) and stored as ``by_crops``; the single
+    entry stays the fit at ``crops`` (16 by default), which readers without the table use."""
+    raw = predict(model, dataset, split, mode, samples, crops, calibrated=False, progress=progress)
+    used = crops if crops is not None else 16  # predict()'s default in crops mode
+    cal = fit_calibration(raw, trace_rule=mode == "crops" and used < 4)
     before = metrics(raw)
-    contract = load_model(model)[1]  # predict() above already checked that the model runs this mode
-    contract = replace(contract, calibration={**contract.calibration, mode: cal})
-    rewrite_contract(model, out, contract)
-    after = metrics(predict(out, dataset, split, mode, samples, crops, calibrated=True))
+    data = read_contract_dict(model)  # predict() above already checked that the model runs this mode
+    entry: dict[str, Any] = calibration_entry(cal)
+    if mode == "crops":
+        counts = CALIBRATION_CROP_COUNTS if crop_counts is None else crop_counts
+        table = {}
+        for n in sorted(set(counts)):
+            if n < 2:
+                raise ValueError(f"crop counts to calibrate must be >= 2 (one crop has no spread), got {n}")
+            if n == used:
+                fitted = cal
+            else:
+                pred_n = predict(model, dataset, split, mode, samples, n, calibrated=False, progress=progress)
+                fitted = fit_calibration(pred_n, trace_rule=n < 4)
+            table[str(n)] = calibration_entry(fitted)
+        if table:
+            entry[BY_CROPS_KEY] = table
+    data["calibration"] = {**data.get("calibration", {}), mode: entry}
+    write_contract_dict(model, out, data)
+    after = metrics(predict(out, dataset, split, mode, samples, crops, calibrated=True, progress=progress))
     return cal, before, after
 
 

@@ -232,3 +232,60 @@ def test_onnx_export_drops_the_mode_it_cannot_run(mc_file: Path, tmp_path: Path)
     calibrated_pt = rewrite_contract(mc_file, tmp_path / "c.pt", replace(contract, calibration={"mc_dropout": cal}))
     engine = Engine(export_onnx(calibrated_pt, tmp_path / "c.onnx"), EngineConfig(warmup_iters=1))
     assert engine.contract.uncertainty_modes == ("fixed", "crops") and engine.contract.calibration == {}
+
+
+def test_crops_calibration_holds_at_every_crop_count(tiny_file, tmp_path: Path) -> None:
+    """Issue 18, defect 5: the crops' grid, hence the raw spread, changes with the crop count the
+    engine's budget picks (1..128); one calibration fitted at 16 crops is off at the others. The
+    calibration is fitted per count and stored as a table the current contract reader ignores."""
+    from posenet_train.uncertainty import (
+        CALIBRATION_CROP_COUNTS,
+        calibrate,
+        calibrated_predictions,
+        calibration_for_crops,
+        calibration_table,
+        predict,
+        read_contract_dict,
+    )
+
+    model_file, _ = tiny_file
+    data = tmp_path / "data"
+    render_dataset(
+        SynthConfig(train_sequences=0, test_sequences=1, frames_per_sequence=12, width=96, height=72),
+        data,
+        progress=False,
+    )
+    out = tmp_path / "calibrated.pt"
+    single, _, after = calibrate(model_file, data, out, "test", "crops", 40, None, progress=False)
+    assert after["median_nees_position"] == pytest.approx(CHI2_3DOF_50, rel=1e-6)  # at 16 crops, as before
+    stored = read_contract_dict(out)
+    table = calibration_table(stored, "crops")
+    assert tuple(table) == CALIBRATION_CROP_COUNTS and table[16] == single
+    # Backward compatible: today's reader sees the single 16-crop entry, and the engine runs the file.
+    assert load_model(out)[1].calibration["crops"] == single
+    Engine(out, EngineConfig(uncertainty="crops", crops=4, warmup_iters=1)).localize(frame(), "rgb8")
+
+    single_nees = {}
+    for n in CALIBRATION_CROP_COUNTS:
+        raw = predict(out, data, "test", "crops", crops=n, calibrated=False, progress=False)
+        cal = calibration_for_crops(stored, "crops", n)
+        assert cal == table[n]
+        fitted = calibrated_predictions(raw, cal)
+        if n < 4:  # 2 crops: singular 3x3 blocks; the trace rule gives the published std its meaning
+            err = raw.position_errors()
+            ratio = np.einsum("ni,ni->n", err, err) / np.trace(fitted.covariances[:, :3, :3], axis1=1, axis2=2)
+            assert np.median(ratio) == pytest.approx(CHI2_3DOF_50 / 3, rel=1e-6)
+            continue
+        m = metrics(fitted)
+        assert m["median_nees_position"] == pytest.approx(CHI2_3DOF_50, rel=1e-6), n
+        assert m["median_nees_orientation"] == pytest.approx(CHI2_3DOF_50, rel=1e-6), n
+        single_nees[n] = metrics(calibrated_predictions(raw, single))["median_nees_position"]
+    # What the single entry alone gives away from 16 crops (here 4.0 at 4 crops, 1.14 at 128).
+    assert single_nees[4] > 1.3 * CHI2_3DOF_50 and single_nees[128] < 0.7 * CHI2_3DOF_50
+    # Counts between the table's: the nearest in log2; a file without a table: the single entry.
+    assert calibration_for_crops(stored, "crops", 100) == table[128]
+    assert calibration_for_crops(stored, "crops", 6) == table[8]
+    assert calibration_for_crops(stored, "crops", 3) == table[4]
+    del stored["calibration"]["crops"]["by_crops"]
+    assert calibration_for_crops(stored, "crops", 128) == single
+    assert calibration_for_crops(stored, "mc_dropout", 16) is None
