@@ -12,6 +12,7 @@ import difflib
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -50,11 +51,14 @@ FIT_OPTION_HELP = {
     "resize_shortest_side": "images are resized to this shortest side before cropping (>= input size)",
     "final_fc_dim": "width of the final fully connected layer before the pose regressor",
     "batch_size": "images per step and process",
-    "steps": "optimizer steps in total (a resumed run continues to this count)",
+    "steps": "optimizer steps in total (a resumed run continues to this count; 0: --epochs passes over the "
+    "training images, so the schedule scales with the data set)",
+    "epochs": "passes over the training images when --steps is 0",
     "optimizer": "adam, sgd or adagrad",
-    "lr": "learning rate",
+    "lr": "learning rate (1e-4: Adam on PoseNet as in Kendall & Cipolla 2017 and geomapnet)",
     "momentum": "SGD momentum (sgd only)",
-    "weight_decay": "L2 weight decay",
+    "weight_decay": "L2 weight decay of convolution and fully connected weights (never of biases, "
+    "batch-norm or the learned loss weights)",
     "schedule": "learning-rate schedule: constant, step (x0.1 every --lr-step-every) or cosine",
     "lr_step_every": "steps between x0.1 decays with --schedule step (0: unset)",
     "warmup_steps": "linear learning-rate warm-up over this many steps (0: none)",
@@ -83,9 +87,16 @@ class FitConfig:
     resize_shortest_side: int = 256
     final_fc_dim: int = 2048
     batch_size: int = 32  # per process
-    steps: int = 1000
+    # Defaults from the literature. Learning rate: Adam at 1e-4, what Kendall & Cipolla (CVPR 2017,
+    # "Geometric loss functions for camera pose regression") and geomapnet (Brahmbhatt et al., CVPR
+    # 2018) use to fine-tune a pretrained backbone; 1e-3 is 10x that. Length: steps=0 sizes the run
+    # by the data set, ``epochs`` passes over the training images (see ``resolve_steps``); the
+    # released caffe-posenet solver ran 30k iterations at batch 64, about 480 epochs of 7-Scenes
+    # Chess (4000 images), and a fixed 1000 steps is only 5-8 epochs of a 7-Scenes scene.
+    steps: int = 0  # 0: from ``epochs`` and the data set's size
+    epochs: float = 300.0
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float = 1e-4
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cosine"
@@ -110,7 +121,8 @@ class FitConfig:
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.input_size >= 32, "input_size must be >= 32"),
             (self.resize_shortest_side >= self.input_size, "resize_shortest_side must be >= input_size"),
-            (self.batch_size >= 1 and self.steps >= 1, "batch_size and steps must be >= 1"),
+            (self.batch_size >= 1 and self.steps >= 0, "batch_size must be >= 1 and steps >= 0 (0: from --epochs)"),
+            (self.epochs > 0 and math.isfinite(self.epochs), "epochs must be a positive number"),
             (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
             (self.schedule != "step" or self.lr_step_every > 0, "schedule 'step' needs lr_step_every > 0"),
             (0 <= self.color_jitter < 1, "color_jitter must be in [0, 1)"),
@@ -184,7 +196,25 @@ def pick_device(name: str, info: DistInfo) -> torch.device:
 # -- building blocks -----------------------------------------------------------------------------
 
 
-def make_optimizer(cfg: FitConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def resolve_steps(cfg: FitConfig, train_images: int, global_batch: int) -> int:
+    """``cfg.steps``, or with 0 the steps of ``cfg.epochs`` passes over ``train_images``."""
+    if cfg.steps > 0:
+        return cfg.steps
+    return max(1, math.ceil(cfg.epochs * train_images / global_batch))
+
+
+def param_groups(model: nn.Module, loss_fn: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on convolution and fully connected weights only. Biases and batch-norm scales
+    (1-D) are not decayed, as is usual since "Bag of tricks" (He et al. 2019) and in torchvision's
+    recipes: their decay only fights the normalization. The learned loss weights s_x, s_q (0-D) are
+    log variances whose decay would pull the weighting towards 1:1, i.e. bias it."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2] + list(loss_fn.parameters())
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(cfg: FitConfig, params: list[Any]) -> torch.optim.Optimizer:
+    """``params``: parameters or parameter groups (``param_groups``); groups keep their own decay."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adagrad":
@@ -356,6 +386,12 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
     torch.manual_seed(cfg.seed + info.rank)
     model = PoseNet(cfg.model_config())
     pretrained = load_pretrained(model, cfg.pretrained) if ckpt is None else ckpt["pretrained"]
+    if ckpt is None and not cfg.pretrained and info.main:
+        print(
+            "posenet-train fit: WARNING: training from random initialization; PoseNet needs a pretrained "
+            "backbone to reach the paper's accuracy (Kendall et al. 2015): pass --pretrained imagenet",
+            file=sys.stderr,
+        )
     show = cfg.progress and info.main
     train_set = PoseDataset(data_root, train_records, spec, norm, Augmentation(True, cfg.color_jitter), progress=show)
     eval_set = (
@@ -365,12 +401,16 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
     if len(train_set) < global_batch:
         raise DatasetError(f"{len(train_set)} training images is fewer than one global batch of {global_batch}")
     steps_per_epoch = len(train_set) // global_batch
+    cfg = replace(cfg, steps=resolve_steps(cfg, len(train_set), global_batch))  # the checkpoint keeps the count
 
     model = model.to(device).to(memory_format=torch.channels_last)
     # The loss sees normalized positions; position_scale takes its fixed-beta term back to metres.
     loss_fn = PoseLoss(cfg.beta, cfg.learn_weighting, position_scale=norm.scale).to(device)
-    params = [*model.parameters(), *loss_fn.parameters()]
-    optimizer = make_optimizer(cfg, params)
+    groups = param_groups(model, loss_fn, cfg.weight_decay)
+    if ckpt is not None and len(ckpt["optimizer"]["param_groups"]) == 1:
+        # A checkpoint from before the groups: one group, in this same parameter order.
+        groups = [{"params": [*model.parameters(), *loss_fn.parameters()], "weight_decay": cfg.weight_decay}]
+    optimizer = make_optimizer(cfg, groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
