@@ -1,6 +1,7 @@
-"""`posenet-ros`: the tools that need no ROS install.
+"""`posenet-ros`: the tools around the node (only `live` needs a ROS 2 installation).
 
   replay       run the node's per-frame logic on a recorded bag: poses, accuracy, latency, a report
+  live         play a recording over ROS 2 into the node (or one it launches) and score its poses
   export-onnx  convert an exported TorchScript model to ONNX (float32 or calibrated int8)
   info         what a model file holds: scene, input, output, uncertainty, training (--json: all of it)
   bench        the benchmark suite, every figure against a baseline of the same run
@@ -129,6 +130,52 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"report: {write_report(result, args.report)}")
     if result.read_error:
         print(f"posenet-ros: error: {result.read_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_live(args: argparse.Namespace) -> int:
+    from posenet_ros.groundtruth import ground_truth_from_arguments
+    from posenet_ros.replay import format_summary, write_report
+
+    try:
+        truth = ground_truth_from_arguments(args, required=False)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.rate > 0:
+        raise UsageError(f"--rate must be > 0, got {args.rate:g}")
+    if args.launch_arg and not args.launch:
+        raise UsageError("--launch-arg only applies with --launch")
+    for arg in args.launch_arg:
+        if ":=" not in arg:
+            raise UsageError(f"--launch-arg {arg!r}: give name:=value, as ros2 launch takes it")
+    check_bag_path(args.bag)
+    check_model_file(args.model)
+    if args.report is not None:
+        check_output_folder(args.report, "--report")
+    from posenet_ros.live import LiveConfig, live, require_ros
+
+    require_ros()
+    cfg = LiveConfig(
+        bag=args.bag,
+        model=args.model,
+        image_topic=args.image_topic,
+        ground_truth=truth,
+        launch=args.launch,
+        launch_args=tuple(args.launch_arg),
+        namespace=args.namespace,
+        rate=args.rate,
+        clock=not args.no_clock,
+        startup_timeout_s=args.startup_timeout,
+        log_path=args.node_log,
+    )
+    result = live(cfg)
+    for line in format_summary(result.summary):
+        print(line)
+    if args.report:
+        print(f"report: {write_report(result, args.report)}")
+    if result.node_exit_status not in (None, 0):
+        print(f"posenet-ros: error: the node exited with status {result.node_exit_status}", file=sys.stderr)
         return 1
     return 0
 
@@ -275,6 +322,31 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
     rp.set_defaults(func=_cmd_replay)
 
+    lv = sub.add_parser(
+        "live",
+        help="play a recording over ROS 2 into the node (or one it launches) and score its poses",
+        description=(
+            "Publish a recording's camera topic (and /tf_static) at its recorded rate with /clock, into the "
+            "running node or one started with --launch (ros2 launch posenet_ros relocalize.launch.py, "
+            "use_sim_time), receive its poses and print/report them as replay does. Needs ROS 2 sourced."
+        ),
+    )
+    lv.add_argument("bag", type=Path, help="rosbag2 folder (sqlite3 or MCAP), bare .db3/.mcap file, or ROS 1 .bag")
+    lv.add_argument("--model", type=Path, required=True, help="the node's model file (launched with --launch)")
+    lv.add_argument("--image-topic", help="image topic (default: the only Image/CompressedImage topic)")
+    add_ground_truth_arguments(lv)
+    lv.add_argument("--report", type=Path, help="folder for index.html, summary.json, frames.csv and plots")
+    lv.add_argument("--launch", action="store_true", help="start the node with ros2 launch and stop it at the end")
+    lv.add_argument(
+        "--launch-arg", action="append", default=[], metavar="NAME:=VALUE", help="with --launch: a launch argument"
+    )
+    lv.add_argument("--namespace", default="", help="the node's namespace (default: none)")
+    lv.add_argument("--rate", type=float, default=1.0, help="playback rate multiplier (default: 1.0)")
+    lv.add_argument("--no-clock", action="store_true", help="publish no /clock (the node then runs on wall time)")
+    lv.add_argument("--startup-timeout", type=float, default=90.0, help="seconds to wait for the node (default: 90)")
+    lv.add_argument("--node-log", type=Path, help="with --launch: file for the node's output (default: a temp file)")
+    lv.set_defaults(func=_cmd_live)
+
     onnx = sub.add_parser("export-onnx", help="convert a TorchScript model to ONNX for the onnxruntime backend")
     onnx.add_argument("model", type=Path, help="exported TorchScript .pt with its contract")
     onnx.add_argument("out", type=Path, help="output file ending in .onnx (the contract goes into its metadata)")
@@ -316,12 +388,13 @@ def _cmd_replay_doc() -> str:
 def main(argv: list[str] | None = None) -> int:
     from posenet_ros.bagio import BagError
     from posenet_ros.engine import EngineError
+    from posenet_ros.live import LiveError
     from posenet_ros.replay import ReplayError
 
     args = parse_args(build_parser(), argv)
     try:
         return int(args.func(args))
-    except (EngineError, BagError, ReplayError, UsageError, OSError) as exc:
+    except (EngineError, BagError, ReplayError, LiveError, UsageError, OSError) as exc:
         print(f"posenet-ros: error: {first_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -311,7 +311,9 @@ class RelocalizerNode(Node):
         status.message = message
         status.hardware_id = str(self.engine.device)
         c = self.engine.contract
-        extra = {"device": str(self.engine.device), "model_scene": c.scene.name, "contract_version": c.version}
+        e = self.engine
+        extra = {"device": str(e.device), "backend": e.backend, "precision": e.config.precision}
+        extra |= {"model_scene": c.scene.name, "contract_version": c.version}
         status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in {**summary, **extra}.items()]
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()

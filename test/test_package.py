@@ -96,9 +96,9 @@ def _top(names: set[str]) -> set[str]:
     return {n.split(".")[0] for n in names}
 
 
-def test_only_node_py_imports_ros() -> None:
+def test_only_node_py_and_live_py_import_ros() -> None:
     for path in sorted((ROOT / "posenet_ros").rglob("*.py")) + sorted((ROOT / "posenet_train").rglob("*.py")):
-        if path.name == "node.py" and path.parent.name == "posenet_ros":
+        if path.name in ("node.py", "live.py") and path.parent.name == "posenet_ros":
             continue
         assert not (_top(_imports(path)) & ROS_MODULES), f"{path.relative_to(ROOT)} imports ROS"
 
