@@ -10,7 +10,7 @@ ROS_STAMP := $(VENV)/.ros2-installed
 ROS_ENV   := source $(VENV)/ros2/env.sh &&
 VENV_FLAGS := $(if $(ROS_DISTRO),--system-site-packages)
 
-.PHONY: setup test lint pytest colcon-check demo demo-model update-demo-model bench fuzz uncertainty-experiment clean
+.PHONY: setup test lint pytest colcon-check ros-package demo demo-model update-demo-model bench bench-node-memory fuzz uncertainty-experiment clean
 
 setup: $(STAMP) $(ROS_STAMP)
 
@@ -48,16 +48,28 @@ fuzz: setup
 bench: setup
 	$(VENV)/bin/posenet-ros bench --json out/bench.json
 
+# The node on real ROS 2 for 10 minutes of a 30 Hz camera: resident memory after warm-up and its slope.
+bench-node-memory: ros-package
+	$(ROS_ENV) source $(ROS_WS)/install/local_setup.bash && \
+	    $(PY) benchmarks/bench_node_memory.py --minutes 10 --json out/bench_node_memory.json
+
 # The main job on the bundled demo model: record its scene's test trajectory as a rosbag2 (images
 # plus ground-truth TF, rendered here with the training run's seeds), replay it through the model
 # offline as the node would, then do it for real: build the package with colcon, start the node with
 # ros2 launch (use_sim_time, map_to_base as on a robot without odometry) and play the recording to it
 # over DDS in real time with /clock; both print accuracy and latency and write a report.
 DEMO_OUT := out/demo_run
-DEMO_WS  := $(DEMO_OUT)/ws
 # Its own log folder, and a domain of its own unless one is set: other ROS 2 processes may run here.
 DEMO_ROS := export ROS_LOG_DIR=$(CURDIR)/$(DEMO_OUT)/ros_log ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST \
 	ROS_DOMAIN_ID=$${ROS_DOMAIN_ID:-$$((100 + RANDOM % 100))} &&
+# This package built with colcon into out/ros_ws (what `ros2 launch posenet_ros ...` runs).
+ROS_WS := out/ros_ws
+ros-package: setup
+	mkdir -p $(ROS_WS)
+	$(ROS_ENV) $(VENV)/bin/colcon --log-base $(ROS_WS)/log build --base-paths . \
+	    --build-base $(ROS_WS)/build --install-base $(ROS_WS)/install > $(ROS_WS)/colcon_build.log 2>&1 \
+	    || { tail -30 $(ROS_WS)/colcon_build.log; exit 1; }
+
 demo: setup
 	rm -rf $(DEMO_OUT)
 	$(VENV)/bin/posenet-train synth --out $(DEMO_OUT)/scene --train-sequences 0 --test-sequences 2 --frames 200 \
@@ -65,10 +77,8 @@ demo: setup
 	$(VENV)/bin/posenet-train to-bag $(DEMO_OUT)/scene --out $(DEMO_OUT)/camera_bag --storage mcap --rate 10
 	$(VENV)/bin/posenet-ros replay $(DEMO_OUT)/camera_bag --model models/posenet_demo.pt --device cpu \
 	    --gt-frames map camera_optical --out $(DEMO_OUT)/poses_bag --report $(DEMO_OUT)/report
-	$(ROS_ENV) $(VENV)/bin/colcon --log-base $(DEMO_WS)/log build --base-paths . \
-	    --build-base $(DEMO_WS)/build --install-base $(DEMO_WS)/install > $(DEMO_OUT)/colcon_build.log 2>&1 \
-	    || { tail -30 $(DEMO_OUT)/colcon_build.log; exit 1; }
-	$(ROS_ENV) source $(DEMO_WS)/install/local_setup.bash && $(DEMO_ROS) \
+	$(MAKE) --no-print-directory ros-package
+	$(ROS_ENV) source $(ROS_WS)/install/local_setup.bash && $(DEMO_ROS) \
 	    $(VENV)/bin/posenet-ros live $(DEMO_OUT)/camera_bag --model models/posenet_demo.pt --launch \
 	    --launch-arg tf_mode:=map_to_base --launch-arg device:=cpu --gt-frames map base_link \
 	    --node-log $(DEMO_OUT)/node.log --report $(DEMO_OUT)/live_report
