@@ -1,6 +1,7 @@
 """The model contract: everything needed to use an exported PoseNet correctly, stored as JSON inside
-the TorchScript file (DESIGN.md section 4). Preprocessing and output decoding are derived from it and
-nowhere else, so a model trained at another input size or scene scale just works.
+the TorchScript file (docs/architecture.md, "The model contract"). Preprocessing and output decoding
+are derived from it and nowhere else, so a model trained at another input size or scene scale just
+works.
 """
 
 from __future__ import annotations

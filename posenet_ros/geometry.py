@@ -1,4 +1,4 @@
-"""Quaternions and rigid poses, in the conventions of DESIGN.md section 3.
+"""Quaternions and rigid poses, in the conventions of docs/architecture.md ("Poses").
 
 Quaternions are (w, x, y, z), unit norm, canonical hemisphere w >= 0. A pose is the camera's pose in
 the map: camera-to-world rotation and camera centre. Everything here is plain NumPy in float64 so

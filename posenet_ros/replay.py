@@ -367,9 +367,10 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
     ]
     if lat["p50"] is not None:
         crops = f"; crops used {summary['crops_used']}" if summary["crops_used"] else ""
+        fps = f"; {summary['throughput_fps']:.1f} frames/s overall" if summary["throughput_fps"] else ""
         lines.append(
             f"latency{summary['latency_measured']}: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, "
-            f"max {lat['max']:.1f} ms{crops}; {summary['throughput_fps']:.1f} frames/s overall"
+            f"max {lat['max']:.1f} ms{crops}{fps}"
         )
     gt = summary.get("ground_truth")
     if gt is not None:

@@ -1,4 +1,4 @@
-"""Data sets in one canonical layout (DESIGN.md section 3) and converters from the real formats.
+"""Data sets in one canonical layout (docs/architecture.md, "Poses") and converters from the real formats.
 
 Canonical: a folder with ``poses.csv``, columns ``image,split,x,y,z,qw,qx,qy,qz``: camera-to-world,
 OpenCV optical axes, image path relative to the CSV. Training and evaluation read nothing else.

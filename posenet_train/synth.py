@@ -4,7 +4,7 @@ parallax), smooth hand-held-like camera trajectories, ray-cast rendering in NumP
 Geometry is a set of axis-aligned rectangles (box faces), so a ray-plane test per face is exact and
 vectorizes over all pixels at once; a 320x240 frame renders in a few tens of milliseconds on one core.
 World frame: metres, z up (ROS ``map``). Camera: OpenCV optical axes (x right, y down, z forward);
-poses are camera-to-world, as everywhere in this project (DESIGN.md section 3).
+poses are camera-to-world, as everywhere in this project (docs/architecture.md).
 """
 
 from __future__ import annotations

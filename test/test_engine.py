@@ -47,7 +47,7 @@ def test_real_posenet_pose_matches_eager_model(posenet_file) -> None:
 
 
 def test_cpu_and_reference_preprocessing_give_the_same_pose(posenet_file) -> None:
-    """The ROI-resize fast path against the exact rule, at pose level (DESIGN: agreement in a test)."""
+    """The ROI-resize fast path against the exact rule, at pose level (their agreement is tested, not assumed)."""
     path, model = posenet_file
     engine = Engine(path, CPU)
     image = frame(seed=3)

@@ -1,4 +1,4 @@
-"""Package metadata and the architecture's dependency rule (DESIGN.md section 2)."""
+"""Package metadata and the dependency rule of docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -70,7 +70,17 @@ def test_setup_cfg_installs_executables_where_ros2_run_looks() -> None:
 
 
 def test_top_level_layout_of_the_design_card() -> None:
-    for name in ("posenet_ros", "posenet_train", "launch", "config", "models", "test", "benchmarks", "resource"):
+    for name in (
+        "posenet_ros",
+        "posenet_train",
+        "launch",
+        "config",
+        "models",
+        "test",
+        "benchmarks",
+        "resource",
+        "docs",
+    ):
         assert (ROOT / name).is_dir(), name
     for name in ("package.xml", "setup.py", "setup.cfg", "README.md", "Makefile", ".ci/run"):
         assert (ROOT / name).is_file(), name
@@ -112,3 +122,20 @@ def test_dependencies_point_one_way() -> None:
             n.split(".")[1] for n in _imports(ROOT / "posenet_ros" / f"{name}.py") if n.startswith("posenet_ros.")
         }
         assert not imported & {"engine", "node", "cli", "bench"}, f"{name}.py imports a higher layer: {imported}"
+
+
+def _documents() -> list[Path]:
+    return [ROOT / "README.md", ROOT / "models" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_documentation_links_resolve_inside_the_repository() -> None:
+    for doc in _documents():
+        for target in re.findall(r"\]\(([^)#\s]+)", doc.read_text(encoding="utf-8")):
+            if not target.startswith(("http://", "https://")):
+                assert (doc.parent / target).exists(), f"{doc.relative_to(ROOT)} links to missing {target}"
+
+
+def test_nothing_cites_a_design_document_the_repository_does_not_have() -> None:
+    sources = [*ROOT.glob("posenet_*/**/*.py"), *ROOT.glob("test/**/*.py"), ROOT / "setup.cfg", *_documents()]
+    for path in (p for p in sources if p != Path(__file__).resolve()):
+        assert "DESIGN.md" not in path.read_text(encoding="utf-8"), f"{path.relative_to(ROOT)} cites DESIGN.md"
