@@ -344,9 +344,8 @@ class LiveResult:
 def live(cfg: LiveConfig) -> LiveResult:
     if not cfg.rate > 0:
         raise LiveError(f"--rate must be > 0, got {cfg.rate}")
-    contract = (load_onnx_session(cfg.model, threads=1) if cfg.model.suffix == ONNX_SUFFIX else load_model(cfg.model))[
-        1
-    ]
+    onnx = cfg.model.suffix == ONNX_SUFFIX
+    _, contract = load_onnx_session(cfg.model, threads=1) if onnx else load_model(cfg.model)
     with open_bag(cfg.bag) as reader:
         topic, publish_topic, compressed = _image_topics(reader, cfg)
         msgtype = next(c.msgtype for c in reader.connections if c.topic == topic)
