@@ -23,6 +23,8 @@ OUTPUT_LAYOUT = "xyz_wxyz"
 INTERPOLATIONS = ("area", "linear")
 CHANNEL_ORDERS = ("rgb", "bgr")
 UNCERTAINTY_MODES = ("fixed", "crops", "mc_dropout")
+BY_CROPS_KEY = "by_crops"  # calibration.crops.by_crops: {"2": {...}, "4": {...}, ...}
+MIN_TABLE_CROPS = 2  # one crop has no spread, hence no covariance to calibrate
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,12 +71,40 @@ class SceneInfo:
 class Calibration:
     """Fitted on held-out frames by ``posenet-train calibrate`` for one uncertainty mode: variance
     factors for the position and orientation blocks of the predicted covariance, and the median
-    calibrated position std there (the scale of the normalized uncertainty score)."""
+    calibrated position std there (the scale of the normalized uncertainty score).
+
+    ``by_crops`` (crops mode only): the same fit at each crop count the latency budget may pick
+    (the crops' grid, hence their raw spread, changes with the count); stored as
+    ``calibration.crops.by_crops`` with the counts as string keys. It is left out of ``==`` and
+    the hash, which compare the single entry (the fit at the count ``calibrate`` was given, what
+    readers without the table use)."""
 
     position_scale: float = 1.0
     orientation_scale: float = 1.0
     reference_position_std: float = 1.0  # metres
     frames: int = 0
+    by_crops: dict[int, Calibration] = field(default_factory=dict, compare=False)
+
+    def for_crops(self, crops: int) -> Calibration:
+        """The entry for a frame run with ``crops`` crops: the table's entry for that count, else
+        the one nearest in log2 (a tie goes to the larger count), else this single entry (files
+        without a table). The rule of ``posenet_train.uncertainty.calibration_for_crops``."""
+        if not self.by_crops:
+            return self
+        n = math.log2(max(crops, 1))
+        return self.by_crops[min(self.by_crops, key=lambda k: (abs(math.log2(k) - n), -k))]
+
+    def entry(self) -> dict[str, Any]:
+        """The JSON object of this calibration (``by_crops`` only when there is a table)."""
+        d: dict[str, Any] = {
+            "position_scale": self.position_scale,
+            "orientation_scale": self.orientation_scale,
+            "reference_position_std": self.reference_position_std,
+            "frames": self.frames,
+        }
+        if self.by_crops:
+            d[BY_CROPS_KEY] = {str(n): self.by_crops[n].entry() for n in sorted(self.by_crops)}
+        return d
 
 
 @dataclass(frozen=True)
@@ -91,6 +121,7 @@ class Contract:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["calibration"] = {mode: cal.entry() for mode, cal in self.calibration.items()}
         d["format"] = CONTRACT_FORMAT
         return d
 
@@ -169,15 +200,48 @@ def _calibration(data: Any, modes: tuple[str, ...]) -> dict[str, Calibration]:
         where = f"calibration.{mode}"
         if mode not in modes:
             raise ContractError(f"contract field '{where}': mode not in uncertainty_modes {modes}")
-        if not isinstance(entry, dict):
-            raise ContractError(f"contract field '{where}' must be an object")
-        out[mode] = Calibration(
-            position_scale=_floats(entry, "position_scale", None, where, positive=True)[0],
-            orientation_scale=_floats(entry, "orientation_scale", None, where, positive=True)[0],
-            reference_position_std=_floats(entry, "reference_position_std", None, where, positive=True)[0],
-            frames=_int(entry, "frames", minimum=0, where=where),
-        )
+        by_crops = {}
+        if BY_CROPS_KEY in _calibration_obj(entry, where):
+            if mode != "crops":
+                raise ContractError(f"contract field '{where}.{BY_CROPS_KEY}': a crop-count table is for crops mode")
+            by_crops = _crop_table(entry[BY_CROPS_KEY], f"{where}.{BY_CROPS_KEY}")
+        out[mode] = _calibration_entry(entry, where, by_crops)
     return out
+
+
+def _calibration_obj(entry: Any, where: str) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        raise ContractError(f"contract field '{where}' must be an object")
+    return entry
+
+
+def _calibration_entry(entry: dict[str, Any], where: str, by_crops: dict[int, Calibration]) -> Calibration:
+    return Calibration(
+        position_scale=_floats(entry, "position_scale", None, where, positive=True)[0],
+        orientation_scale=_floats(entry, "orientation_scale", None, where, positive=True)[0],
+        reference_position_std=_floats(entry, "reference_position_std", None, where, positive=True)[0],
+        frames=_int(entry, "frames", minimum=0, where=where),
+        by_crops=by_crops,
+    )
+
+
+def _crop_table(data: Any, where: str) -> dict[int, Calibration]:
+    """{crop count: calibration}; JSON keys are the counts written in decimal ("2", "16")."""
+    if not isinstance(data, dict):
+        raise ContractError(f"contract field '{where}' must be an object keyed by crop count")
+    table = {}
+    for key, entry in data.items():
+        text = str(key)
+        if isinstance(key, bool) or not (text.isascii() and text.isdecimal()) or int(text) < MIN_TABLE_CROPS:
+            raise ContractError(f"contract field '{where}': key {key!r} is not a crop count >= {MIN_TABLE_CROPS}")
+        n = int(text)
+        if n in table:
+            raise ContractError(f"contract field '{where}': crop count {n} appears twice")
+        name = f"{where}.{text}"
+        if BY_CROPS_KEY in _calibration_obj(entry, name):
+            raise ContractError(f"contract field '{name}.{BY_CROPS_KEY}': crop-count tables do not nest")
+        table[n] = _calibration_entry(entry, name, {})
+    return dict(sorted(table.items()))
 
 
 def _name(where: str, key: str) -> str:

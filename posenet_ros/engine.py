@@ -174,7 +174,8 @@ class Localization:
     """One frame's result. ``covariance`` is 6x6 in ROS order (x, y, z, rotX, rotY, rotZ), the
     sample covariance of the crops (``crops`` mode) or of the Monte Carlo dropout samples
     (``mc_dropout``), rotations as rotation vectors about the map axes around the mean, scaled by the
-    model's calibration for that mode; None in ``fixed`` mode or when one crop gives no spread."""
+    model's calibration for that mode (in crops mode, for the crop count run, when the model has a
+    per-count table); None in ``fixed`` mode or when one crop gives no spread."""
 
     pose: Pose
     covariance: np.ndarray | None
@@ -420,7 +421,7 @@ class Engine:
         if not np.all(np.isfinite(raw)):
             self.stats.non_finite += 1
             raise NonFiniteOutputError(f"network output is not finite ({len(raw)} sample(s)); frame dropped")
-        pose, covariance = self._decode(raw)
+        pose, covariance = self._decode(raw, crops)
         t3 = time.perf_counter()
         total_ms = (t3 - t0) * 1000.0
         self.budget.observe(count, total_ms)
@@ -430,11 +431,20 @@ class Engine:
         self.stats.crops_histogram[crops] = self.stats.crops_histogram.get(crops, 0) + 1
         latency = Latency((t1 - t0) * 1000.0, (t2 - t1) * 1000.0, total_ms)
         loc = Localization(pose, covariance, crops, latency, overrun, samples)
-        if self.calibration is not None and covariance is not None:
-            loc = replace(loc, uncertainty_score=loc.position_std / self.calibration.reference_position_std)
+        cal = self.calibration_for(crops)
+        if cal is not None and covariance is not None:
+            loc = replace(loc, uncertainty_score=loc.position_std / cal.reference_position_std)
         return loc
 
-    def _decode(self, raw: np.ndarray) -> tuple[Pose, np.ndarray | None]:
+    def calibration_for(self, crops: int) -> Calibration | None:
+        """The calibration of a frame run with ``crops`` crops: in crops mode the model's entry for
+        that count when its contract has a per-count table (``Calibration.for_crops``), else the
+        mode's single entry; None when the model has none (or ``self.calibration`` was cleared)."""
+        if self.calibration is None:
+            return None
+        return self.calibration if self.mc else self.calibration.for_crops(crops)
+
+    def _decode(self, raw: np.ndarray, crops: int) -> tuple[Pose, np.ndarray | None]:
         positions = self.contract.output.positions(raw[:, :3])
         try:
             quats = quat_unit(raw[:, 3:7])
@@ -448,7 +458,8 @@ class Engine:
         if self.config.uncertainty == "fixed":
             return pose, None
         cov = spread_covariance(positions, quats, mean_q)
-        return pose, cov if self.calibration is None else calibrated(cov, self.calibration)
+        cal = self.calibration_for(crops)
+        return pose, cov if cal is None else calibrated(cov, cal)
 
 
 def calibrated(cov: np.ndarray, cal: Calibration) -> np.ndarray:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from posenet_ros.contract import Contract, ContractError, OutputSpec, Preprocessing, SceneInfo
+from posenet_ros.contract import Calibration, Contract, ContractError, OutputSpec, Preprocessing, SceneInfo
 
 
 def valid() -> dict:
@@ -108,3 +108,81 @@ def test_export_refuses_a_contract_it_could_not_load(tmp_path) -> None:
     with pytest.raises(ContractError, match=r"scene\.extent"):
         export_torchscript(TinyPoseNet(), bad, tmp_path / "m.pt")
     assert not (tmp_path / "m.pt").exists()
+
+
+def with_crop_table() -> dict:
+    """valid() with a crops-mode calibration and its per-crop-count table, as calibrate writes it."""
+    data = valid()
+    entry = {"position_scale": 2.0, "orientation_scale": 3.0, "reference_position_std": 0.2, "frames": 40}
+    table = {str(n): {**entry, "position_scale": float(n)} for n in (2, 4, 16, 128)}
+    data["calibration"] = {"crops": {**entry, "by_crops": table}}
+    return data
+
+
+def test_crop_count_table_round_trips_and_old_files_do_not_gain_one() -> None:
+    """Issue 18, defect 5: calibration.crops.by_crops is parsed into Calibration.by_crops (integer
+    keys) and written back as calibrate writes it; a file without a table reads and writes as before."""
+    data = with_crop_table()
+    contract = Contract.from_dict(data)
+    cal = contract.calibration["crops"]
+    assert (cal.position_scale, cal.frames) == (2.0, 40) and list(cal.by_crops) == [2, 4, 16, 128]
+    assert cal.by_crops[128] == Calibration(128.0, 3.0, 0.2, 40) and cal.by_crops[4].by_crops == {}
+    assert json.loads(contract.to_json()) == data
+    assert Contract.from_json(contract.to_json()).calibration["crops"].by_crops == cal.by_crops
+    # Equality and hashing compare the single entry: what readers without the table use.
+    assert cal == Calibration(2.0, 3.0, 0.2, 40) and hash(cal) == hash(Calibration(2.0, 3.0, 0.2, 40))
+    del data["calibration"]["crops"]["by_crops"]
+    old = Contract.from_dict(data)
+    assert old.calibration["crops"].by_crops == {} and json.loads(old.to_json()) == data
+    assert "by_crops" not in old.to_json()
+
+
+def test_crop_count_lookup_is_exact_else_nearest_in_log2_ties_to_the_larger() -> None:
+    cal = Contract.from_dict(with_crop_table()).calibration["crops"]  # table at 2, 4, 16, 128
+    counts = (1, 2, 3, 4, 6, 8, 10, 16, 32, 64, 100, 128, 500)
+    picked = {n: int(cal.for_crops(n).position_scale) for n in counts}
+    # 8 is one octave from 4 and from 16: the tie goes to 16.
+    expected = (2, 2, 4, 4, 4, 16, 16, 16, 16, 128, 128, 128, 128)
+    assert picked == dict(zip(counts, expected, strict=True))
+    single = Calibration(2.0, 3.0, 0.2, 40)
+    assert single.for_crops(16) is single  # no table: the single entry at every count
+
+
+TABLE = ("calibration", "crops", "by_crops")
+BAD_TABLES = [
+    (TABLE, [1, 2], "calibration.crops.by_crops"),
+    ((*TABLE, "1"), {"position_scale": 1.0}, "calibration.crops.by_crops"),
+    ((*TABLE, "x"), {}, "calibration.crops.by_crops"),
+    ((*TABLE, "-4"), {}, "calibration.crops.by_crops"),
+    ((*TABLE, "8.0"), {}, "calibration.crops.by_crops"),
+    ((*TABLE, "004"), {}, "calibration.crops.by_crops"),  # a second 4
+    ((*TABLE, "4"), "big", "calibration.crops.by_crops.4"),
+    ((*TABLE, "4", "position_scale"), 0.0, "calibration.crops.by_crops.4.position_scale"),
+    ((*TABLE, "4", "orientation_scale"), float("nan"), "calibration.crops.by_crops.4.orientation_scale"),
+    ((*TABLE, "4", "reference_position_std"), _DELETE, "calibration.crops.by_crops.4.reference_position_std"),
+    ((*TABLE, "4", "frames"), -1, "calibration.crops.by_crops.4.frames"),
+    ((*TABLE, "4", "by_crops"), {}, "calibration.crops.by_crops.4.by_crops"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "field"), BAD_TABLES, ids=[".".join(p[2:]) for p, _, _ in BAD_TABLES])
+def test_invalid_crop_count_table_is_named_on_one_line(path: tuple[str, ...], value, field: str) -> None:
+    data = with_crop_table()
+    d = data
+    for key in path[:-1]:
+        d = d[key]
+    if value is _DELETE:
+        del d[path[-1]]
+    else:
+        d[path[-1]] = value
+    with pytest.raises(ContractError) as info:
+        Contract.from_dict(data)
+    assert f"'{field}'" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_crop_count_table_outside_crops_mode_is_refused() -> None:
+    data = with_crop_table()
+    data["uncertainty_modes"] = ["fixed", "crops", "mc_dropout"]
+    data["calibration"]["mc_dropout"] = data["calibration"].pop("crops")
+    with pytest.raises(ContractError, match=r"'calibration\.mc_dropout\.by_crops'.*crops mode$"):
+        Contract.from_dict(data)
