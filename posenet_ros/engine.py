@@ -13,18 +13,36 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
-from posenet_ros.contract import EXTRA_FILE_NAME, UNCERTAINTY_MODES, Calibration, Contract, ContractError
+from posenet_ros.contract import (
+    EXTRA_FILE_NAME,
+    UNCERTAINTY_MODES,
+    Calibration,
+    Contract,
+    ContractError,
+    OutputSpec,
+    Preprocessing,
+)
 from posenet_ros.errors import first_line
-from posenet_ros.geometry import Pose, quat_average, quat_conjugate, quat_multiply, quat_to_rotation_vector, quat_unit
+from posenet_ros.geometry import (
+    Pose,
+    quat_average,
+    quat_conjugate,
+    quat_multiply,
+    quat_to_rotation_vector,
+    quat_unit,
+    rotation_error_deg,
+)
 from posenet_ros.model_files import torch_file_kind
 from posenet_ros.preprocess import CpuPreprocessor, InputError, TorchPreprocessor
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # auto: the fastest native precision that agrees with fp32
 
 
 class EngineError(RuntimeError):
@@ -129,6 +147,148 @@ def cast_frozen_constants(module: torch.jit.ScriptModule, dtype: torch.dtype) ->
                     node.t_("value", tensor.to(dtype))
                     count += 1
     return count
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where it cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return None
+
+
+def cpu_bf16_support() -> str | None:
+    """The ISA this CPU runs bf16 convolutions and matrix products with natively (oneDNN's kernels):
+    ``AMX-BF16`` or ``AVX512-BF16``; None elsewhere (AVX2-only x86, most ARM), where torch emulates
+    bf16 and it is slower than fp32. From the CPU flags, else torch's own probe of the CPU."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    flags = cpu_flags()
+    if flags is not None:
+        amx, avx512 = "amx_bf16" in flags and "amx_tile" in flags, "avx512_bf16" in flags
+    else:
+        probe = torch.cpu
+        amx = bool(getattr(probe, "_is_amx_tile_supported", lambda: False)())
+        avx512 = bool(getattr(probe, "_is_avx512_bf16_supported", lambda: False)())
+    return "AMX-BF16" if amx else "AVX512-BF16" if avx512 else None
+
+
+# precision auto: a reduced precision replaces fp32 only when, on every warm-up frame, its pose is
+# within these bounds of fp32's and its forward pass is AUTO_MIN_SPEEDUP times faster. A deviation
+# d moves a frame's error by at most d (by about d^2 / 2|e| when unrelated to the error e), so
+# 0.25% of the scene's largest extent is under a tenth of the demo model's own median error (0.23 m,
+# 4% of its 5.6 m extent) even in the worst case; bf16 on the demo's test frames moves the pose
+# 3.0 mm median / 8.7 mm max (0.16%) and 0.20 / 0.40 deg (test_backends), fp16 ten times less.
+AUTO_POSITION_FRACTION = 0.0025
+AUTO_ROTATION_DEG = 0.5
+AUTO_MIN_SPEEDUP = 1.1  # below this, timing noise at start-up could pick the slower path
+AUTO_FRAMES = 4
+AUTO_ROUNDS = 7
+
+
+@dataclass(frozen=True)
+class PrecisionTrial:
+    """One precision measured at start-up against fp32 on the warm-up frames."""
+
+    precision: str
+    median_ms: float  # forward pass, one crop
+    position_max_m: float = 0.0  # largest deviation of the pose from fp32's
+    rotation_max_deg: float = 0.0
+    non_finite: int = 0  # frames whose output was not finite
+
+    def agrees(self, extent: float) -> bool:
+        return (
+            self.non_finite == 0
+            and self.position_max_m <= AUTO_POSITION_FRACTION * extent
+            and self.rotation_max_deg <= AUTO_ROTATION_DEG
+        )
+
+
+def choose_precision(trials: dict[str, PrecisionTrial], extent: float) -> tuple[str, str]:
+    """precision auto's rule: the fastest trial that agrees with fp32 (see ``PrecisionTrial.agrees``
+    and the AUTO_ bounds) and is AUTO_MIN_SPEEDUP x faster than fp32, else fp32. Returns the choice
+    and why, on one line. ``extent`` is the scene's largest extent (metres)."""
+    base = trials["fp32"]
+    bound = f"bounds {AUTO_POSITION_FRACTION * extent * 1000:.1f} mm / {AUTO_ROTATION_DEG} deg"
+    notes = []
+    best = "fp32"
+    for name, t in sorted(trials.items(), key=lambda kv: kv[1].median_ms):
+        if name == "fp32":
+            continue
+        figures = (
+            f"{name} {t.median_ms:.2f} ms vs fp32 {base.median_ms:.2f} ms, within "
+            f"{t.position_max_m * 1000:.1f} mm / {t.rotation_max_deg:.2f} deg of fp32"
+            + (f", {t.non_finite} non-finite" if t.non_finite else "")
+        )
+        if not t.agrees(extent):
+            notes.append(f"{figures}: outside the {bound}")
+        elif t.median_ms * AUTO_MIN_SPEEDUP > base.median_ms:
+            notes.append(f"{figures}: not {AUTO_MIN_SPEEDUP}x faster")
+        elif best == "fp32":
+            best = name
+            notes.insert(0, f"{figures} ({bound})")
+    if not notes:
+        return "fp32", "fp32 (no reduced precision runs natively here)"
+    return best, f"{best}: " + "; ".join(notes)
+
+
+def warmup_frames(spec: Preprocessing, count: int = AUTO_FRAMES) -> list[np.ndarray]:
+    """Seeded rgb8 frames at the model's resize size (4:3): white noise, then smooth random
+    scenes with fine texture on top, closer to a camera's statistics than noise alone."""
+    rng = np.random.default_rng(0)
+    h = spec.resize_shortest_side
+    w = h * 4 // 3
+    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8)]
+    while len(frames) < count:
+        coarse = rng.uniform(0, 255, (6, 8, 3)).astype(np.float32)
+        smooth = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC) + rng.normal(0, 12, (h, w, 3))
+        frames.append(np.clip(smooth, 0, 255).astype(np.uint8))
+    return frames
+
+
+def measure_precisions(
+    modules: dict[str, Any], batches: list[torch.Tensor], output: OutputSpec, warmup: int, rounds: int = AUTO_ROUNDS
+) -> dict[str, PrecisionTrial]:
+    """precision auto's start-up measurement: each module (by precision, fp32 among them) run on the
+    one-crop ``batches`` (fp32 network inputs, cast per precision): its poses against fp32's, and
+    its forward time on the first batch, median over ``rounds`` interleaved rounds so machine noise
+    hits every precision alike."""
+
+    def run(name: str, batch: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return modules[name](batch.to(PRECISIONS[name])).double().cpu().numpy()
+
+    outputs = {}
+    for name in modules:
+        for _ in range(max(1, warmup)):  # the JIT specializes (and oneDNN fuses) on the first runs
+            run(name, batches[0])
+        outputs[name] = np.concatenate([run(name, b) for b in batches])
+    times: dict[str, list[float]] = {name: [] for name in modules}
+    for _ in range(rounds):
+        for name in modules:
+            start = time.perf_counter()
+            run(name, batches[0])
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    ref = outputs["fp32"]
+    ref_positions, ref_quats = output.positions(ref[:, :3]), quat_unit(ref[:, 3:7])
+    trials = {}
+    for name, out in outputs.items():
+        ok = np.all(np.isfinite(out), axis=1) & np.any(out[:, 3:7] != 0, axis=1)
+        moved = np.linalg.norm(output.positions(out[ok, :3]) - ref_positions[ok], axis=1)
+        turned = rotation_error_deg(quat_unit(out[ok, 3:7]), ref_quats[ok]) if ok.any() else np.zeros(0)
+        trials[name] = PrecisionTrial(
+            name,
+            float(np.median(times[name])),
+            float(moved.max(initial=0.0)),
+            float(np.max(turned, initial=0.0)),
+            int((~ok).sum()),
+        )
+    return trials
 
 
 def resolve_device(device: str) -> torch.device:
@@ -250,7 +410,7 @@ class CropBudget:
 class EngineConfig:
     backend: str = "auto"  # auto: onnxruntime for .onnx files, torchscript otherwise
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32, fp16/bf16 on CUDA, bf16 on CPUs with native bf16, or auto
     threads: int | None = None  # CPU intra-op threads; None leaves torch's default
     crops: int = 1  # crops per frame when no latency budget is set
     max_crops: int = 128
@@ -274,17 +434,16 @@ class Engine:
 
     def __init__(self, model_path: str | Path, config: EngineConfig | None = None) -> None:
         self.config = config = config or EngineConfig()
-        if config.precision not in PRECISIONS:
-            raise EngineError(f"unknown precision {config.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if config.precision not in PRECISION_CHOICES:
+            raise EngineError(f"unknown precision {config.precision!r}; use one of {', '.join(PRECISION_CHOICES)}")
         if config.crops < 1 or config.max_crops < 1 or config.crops > config.max_crops:
             raise EngineError(f"crops must be in 1..max_crops, got crops={config.crops} max_crops={config.max_crops}")
         self.backend = resolve_backend(config.backend, model_path)
         self.device = torch.device("cpu") if self.backend == "onnxruntime" else resolve_device(config.device)
         if self.backend == "onnxruntime" and config.device not in ("auto", "cpu"):
             raise EngineError(f"the onnxruntime backend runs on the CPU; device {config.device!r} needs torchscript")
-        self.dtype = PRECISIONS[config.precision]
-        if self.dtype != torch.float32 and self.device.type != "cuda":
-            raise EngineError(f"precision {config.precision} needs a CUDA device; use fp32 on the CPU")
+        if config.precision != "auto" and (refusal := self._precision_refusal(config.precision)):
+            raise EngineError(refusal)
         if config.threads is not None:
             if config.threads < 1:
                 raise EngineError(f"threads must be >= 1, got {config.threads}")
@@ -300,8 +459,6 @@ class Engine:
                 torch.jit.enable_onednn_fusion(True)
             self.module, self.contract = load_model(model_path, map_location=self.device)
             self.module.eval()
-            if self.dtype != torch.float32:
-                cast_frozen_constants(self.module, self.dtype)
         if config.uncertainty not in UNCERTAINTY_MODES:
             raise EngineError(
                 f"unknown uncertainty mode {config.uncertainty!r}; use one of {', '.join(UNCERTAINTY_MODES)}"
@@ -317,6 +474,16 @@ class Engine:
             raise EngineError(f"mc_samples must be in 2..{MAX_MC_SAMPLES}, got {config.mc_samples}")
         self.calibration = self.contract.calibration.get(config.uncertainty)
         spec = self.contract.preprocessing
+        # precision: what runs (config.precision may be auto); why, and auto's start-up figures.
+        self.precision_trials: dict[str, PrecisionTrial] = {}
+        if config.precision == "auto":
+            self.precision, self.precision_reason = self._choose_precision(model_path)
+            log.info("precision auto: %s", self.precision_reason)
+        else:
+            self.precision, self.precision_reason = config.precision, "set in the configuration"
+            if self.precision != "fp32":
+                cast_frozen_constants(self.module, PRECISIONS[self.precision])
+        self.dtype = PRECISIONS[self.precision]
         self.preprocess = (
             TorchPreprocessor(spec, self.device, self.dtype)
             if self.device.type == "cuda"
@@ -334,6 +501,45 @@ class Engine:
         self.stats = EngineStats()
         self._warm_up()
 
+    def _precision_refusal(self, precision: str) -> str | None:
+        """Why this engine cannot run ``precision`` (one line), or None when it can."""
+        if precision == "fp32":
+            return None
+        if self.backend == "onnxruntime":
+            return (
+                f"precision {precision} runs on the torchscript backend; onnxruntime runs fp32 (int8: a quantized file)"
+            )
+        if self.device.type == "cuda":
+            return None
+        if precision == "fp16":
+            return "precision fp16 needs a CUDA device; use fp32 (or bf16 where the CPU has it) on the CPU"
+        if cpu_bf16_support() is None:
+            return (
+                "precision bf16 on the CPU needs native bf16 (AMX-BF16 or AVX512-BF16), which this CPU lacks "
+                "(emulated bf16 is slower than fp32); use fp32 or auto"
+            )
+        return None
+
+    def _choose_precision(self, model_path: str | Path) -> tuple[str, str]:
+        """precision auto: time and compare every precision this device runs natively against fp32
+        on the warm-up frames (``measure_precisions``), keep the module ``choose_precision`` picks."""
+        candidates = [p for p in PRECISIONS if self._precision_refusal(p) is None]
+        if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            candidates.remove("bf16")
+        if candidates == ["fp32"]:
+            return "fp32", "fp32 (no reduced precision runs natively here)"
+        modules = {"fp32": self.module}
+        for p in candidates[1:]:
+            modules[p] = load_model(model_path, map_location=self.device)[0].eval()
+            cast_frozen_constants(modules[p], PRECISIONS[p])
+        spec = self.contract.preprocessing
+        full = TorchPreprocessor(spec, self.device) if self.device.type == "cuda" else CpuPreprocessor(spec)
+        batches = [full(f, "rgb8", 1) for f in warmup_frames(spec)]
+        self.precision_trials = measure_precisions(modules, batches, self.contract.output, self.config.warmup_iters)
+        choice, reason = choose_precision(self.precision_trials, max(self.contract.scene.extent))
+        self.module = modules[choice]
+        return choice, reason
+
     def set_latency_budget(self, budget_ms: float | None) -> None:
         """Change the budget live (None: no budget). The cost model calibrated at warm-up stays."""
         if budget_ms is not None and not budget_ms > 0:
@@ -345,7 +551,7 @@ class Engine:
     def _forward_mc(self, batch: torch.Tensor, samples: int) -> np.ndarray:
         """(len(batch) * samples) x 7 dropout samples from the model's exported sampling method."""
         with torch.inference_mode():
-            raw = self.module.mc_dropout(batch, samples)
+            raw = self.module.mc_dropout(batch.to(self.dtype), samples)
         return raw.float().cpu().numpy().astype(np.float64)
 
     def _run(self, batch: torch.Tensor, count: int) -> np.ndarray:
@@ -364,7 +570,9 @@ class Engine:
             raw = self.session.run(None, {self._onnx_input: image})[0]
             return raw.astype(np.float64)
         with torch.inference_mode():
-            raw = self.module(batch)
+            # CPU input is fp32 from the preprocessor: cast it (a no-op in fp32 and on CUDA, where
+            # the torch preprocessor already gives the dtype; keeps channels-last).
+            raw = self.module(batch.to(self.dtype))
         # The only host sync: N x 7 numbers.
         return raw.float().cpu().numpy().astype(np.float64)
 
