@@ -63,6 +63,7 @@ def main() -> int:
     os.environ["ROS_LOG_DIR"] = str(log_dir / "ros_log")
 
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -75,6 +76,14 @@ def main() -> int:
     node.create_subscription(
         PoseStamped, "/posenet_relocalizer/pose", lambda _m: poses.__setitem__(0, poses[0] + 1), 10
     )
+    diagnostics: dict[str, str] = {}  # the node's own last counts and latency
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.startswith("posenet_relocalizer"):
+                diagnostics.update({kv.key: kv.value for kv in status.values})
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)
@@ -110,6 +119,7 @@ def main() -> int:
                 next_sample += args.sample_every
             time.sleep(max(0.0, t0 + sent * period - time.monotonic()))
         samples.append((time.monotonic() - t0, rss_mb(proc.pid)))
+        time.sleep(1.5)  # the node's last /diagnostics
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
@@ -138,6 +148,7 @@ def main() -> int:
         "growth_after_warmup_mb": float(rss[-1] - after_warmup),
         "slope_mb_per_min": slope,
         "node_exit_status": proc.returncode,
+        "node_diagnostics": dict(diagnostics),
         "samples": [[round(a, 1), round(b, 1)] for a, b in samples],
     }
     print(
@@ -146,6 +157,12 @@ def main() -> int:
         f"{rss[-1]:.0f} MB (max {rss.max():.0f}); growth after warm-up {rss[-1] - after_warmup:+.1f} MB, "
         f"slope {slope:+.2f} MB/min; node exit status {proc.returncode}"
     )
+    if diagnostics:
+        print(
+            f"the node's own count: received {diagnostics.get('received')}, published {diagnostics.get('published')}, "
+            f"skipped (replaced by a newer frame) {diagnostics.get('skipped')}; latency p50 "
+            f"{diagnostics.get('latency_p50_ms')} ms, p95 {diagnostics.get('latency_p95_ms')} ms"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
