@@ -401,7 +401,8 @@ def write_report(result: ReplayResult, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     summary, records = result.summary, result.records
     done = [r for r in records if r.status == PUBLISHED]
-    title = f"replay of {Path(summary['bag']).name}"
+    kind = "live run" if summary["mode"].startswith("live") else "replay"
+    title = f"{kind} of {Path(summary['bag']).name}"
     plots: list[Path] = []
     paired = [r for r in done if r.truth is not None]
     if paired:

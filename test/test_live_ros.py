@@ -99,7 +99,7 @@ def test_live_scores_the_launched_node_as_the_offline_replay_does(
     with (report / "frames.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == FRAMES
-    assert (report / "index.html").is_file()
+    assert "<title>live run of " in (report / "index.html").read_text()
 
     # The same frames offline: the camera's pose, which the launched node (map_to_base) composes with
     # the recording's mount into the base's pose through its tf2 buffer.
