@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -21,15 +20,15 @@ from typing import Any
 
 from posenet_ros import __version__
 from posenet_ros.cli_support import (
-    OneLineParser,
     UsageError,
+    build_command_parser,
     check_bag_path,
     check_model_file,
     check_new_bag_folder,
     check_output_folder,
-    parse_args,
+    check_seconds,
+    run_command_line,
 )
-from posenet_ros.errors import first_line
 from posenet_ros.groundtruth import add_ground_truth_arguments
 from posenet_ros.relocalizer.params import SPECS
 
@@ -97,6 +96,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         truth = ground_truth_from_arguments(args, required=False)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    check_seconds(args.gt_max_gap, "--gt-max-gap")
     if args.rate is not None and not args.realtime:
         raise UsageError("--rate only applies with --realtime (without it frames are processed as fast as possible)")
     check_bag_path(args.bag)
@@ -290,11 +290,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="posenet-ros", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--version", action="version", version=f"posenet_ros {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser, sub = build_command_parser("posenet-ros", __doc__, __version__)
 
     rp = sub.add_parser(
         "replay", help="run the node's per-frame logic on a recorded bag, with a report", description=_cmd_replay_doc()
@@ -391,24 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     from posenet_ros.live import LiveError
     from posenet_ros.replay import ReplayError
 
-    args = parse_args(build_parser(), argv)
-    try:
-        return int(args.func(args))
-    except (EngineError, BagError, ReplayError, LiveError, UsageError, OSError) as exc:
-        print(f"posenet-ros: error: {first_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("posenet-ros: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a bug, not a user mistake: still one line, the traceback on request
-        if os.environ.get("POSENET_TRACEBACK"):
-            raise
-        print(
-            f"posenet-ros {args.command}: internal error: {type(exc).__name__}: {first_line(exc)} "
-            "(rerun with POSENET_TRACEBACK=1 for the traceback and report it)",
-            file=sys.stderr,
-        )
-        return 1
+    # "posenet-ros: error: ..." without the command: scripts (and the live tests) match that prefix.
+    return run_command_line(
+        build_parser(),
+        argv,
+        lambda args: args.func(args),
+        (EngineError, BagError, ReplayError, LiveError, OSError),
+        command_in_errors=False,
+    )
 
 
 if __name__ == "__main__":

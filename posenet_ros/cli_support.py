@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from posenet_ros.errors import first_line
 from posenet_ros.model_files import torch_file_kind
 
 USAGE_EXIT = 2
@@ -116,7 +119,66 @@ def _chosen_subparser(parser: argparse.ArgumentParser, args: argparse.Namespace)
     return None
 
 
+# -- the command line itself: one parser factory and one runner for both programs ----------------
+
+
+def build_command_parser(
+    prog: str, description: str | None, version: str
+) -> tuple[OneLineParser, argparse._SubParsersAction]:
+    """The top-level parser of ``posenet-ros`` or ``posenet-train``: the module docstring as the
+    description (its command table kept as written), ``--version``, and a required COMMAND whose
+    sub-parsers are OneLineParsers too. Returns the parser and the object to add commands to."""
+    parser = OneLineParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"{prog.replace('-', '_')} {version}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+    return parser, sub
+
+
+def run_command_line(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    run: Callable[[argparse.Namespace], int],
+    user_errors: tuple[type[BaseException], ...],
+    command_in_errors: bool = True,
+) -> int:
+    """Parse ``argv`` and run the command: a user's mistake (``UsageError`` or one of
+    ``user_errors``) is ``PROG CMD: error: LINE`` with exit 2 (``PROG: error:`` without
+    ``command_in_errors``), Ctrl-C exit 130, and anything else, a bug, one ``internal error`` line
+    with exit 1 (``POSENET_TRACEBACK=1`` re-raises it for the traceback)."""
+    args = parse_args(parser, argv)
+    where = f"{parser.prog} {args.command}" if command_in_errors else parser.prog
+    try:
+        return int(run(args))
+    except (UsageError, *user_errors) as exc:
+        print(f"{where}: error: {first_line(exc)}", file=sys.stderr)
+        return USAGE_EXIT
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not a user mistake: still one line, the traceback on request
+        if os.environ.get("POSENET_TRACEBACK"):
+            raise
+        print(
+            f"{parser.prog} {args.command}: internal error: {type(exc).__name__}: {first_line(exc)} "
+            "(rerun with POSENET_TRACEBACK=1 for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
 # -- checks of what a command is given -----------------------------------------------------------
+
+
+# The longest span an option may give in seconds (11.6 days): every stamp plus such a span stays
+# inside rosbag2's int64 nanoseconds.
+MAX_SECONDS = 1e6
+
+
+def check_seconds(value: float, option: str, zero: bool = False) -> None:
+    """A span in seconds: > 0 (>= 0 with ``zero``) and at most ``MAX_SECONDS``; NaN and inf refused."""
+    if not ((value >= 0 if zero else value > 0) and value <= MAX_SECONDS):
+        least = ">= 0" if zero else "> 0"
+        raise UsageError(f"{option} must be {least} and at most {MAX_SECONDS:g} seconds, got {value}")
 
 
 def check_model_file(path: Path, what: str = "model") -> None:

@@ -17,22 +17,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
+import re
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 from posenet_ros import __version__
 from posenet_ros.cli_support import (
-    OneLineParser,
     UsageError,
+    build_command_parser,
     check_bag_path,
     check_model_file,
     check_new_bag_folder,
     check_output_folder,
-    parse_args,
+    check_seconds,
+    run_command_line,
 )
-from posenet_ros.errors import first_line
 from posenet_ros.model_files import torch_file_kind
 from posenet_train.datasets import READERS, DatasetError
 
@@ -200,11 +201,7 @@ SUBCOMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="posenet-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--version", action="version", version=f"posenet_train {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser, sub = build_command_parser("posenet-train", __doc__, __version__)
     for add in SUBCOMMANDS:
         add(sub)
     return parser
@@ -263,6 +260,8 @@ def _check(args: argparse.Namespace) -> None:
             check_model_file(Path(args.model))
             if args.out:
                 _check_model_out(args.out, "--out")
+        if cmd == "eval":
+            _check_at_least(args.batch_size, 1, "--batch-size")
         if args.samples < 2:
             raise UsageError(f"--samples must be >= 2, got {args.samples}")
         if args.crops is not None and args.crops < 1:
@@ -275,20 +274,63 @@ def _check(args: argparse.Namespace) -> None:
             raise UsageError(f"{path} is already an exported model; export takes the checkpoint.pt of a fit run")
         _check_model_out(args.out, "OUT")
     elif cmd == "to-bag":
+        from posenet_train.bags import ToBagConfig
+
         _check_dataset(args.dataset)
         check_new_bag_folder(Path(args.out), "--out")
-        if not args.rate > 0:
-            raise UsageError(f"--rate must be > 0 frames per second, got {args.rate}")
-        if not args.sequence_gap >= 0:
-            raise UsageError(f"--sequence-gap must be >= 0 s, got {args.sequence_gap}")
+        # Bounds that keep every stamp of a long recording inside rosbag2's int64 nanoseconds.
+        if not 1e-3 <= args.rate <= 1e6:
+            raise UsageError(f"--rate must be between 0.001 and 1e6 frames per second, got {args.rate}")
+        check_seconds(args.sequence_gap, "--sequence-gap", zero=True)
+        _check_topic(args.image_topic, "--image-topic", reserved=("/tf", "/tf_static", ToBagConfig.gt_topic))
     elif cmd == "from-bag":
         check_bag_path(Path(args.bag))
         check_output_folder(Path(args.out), "--out")
+        _check_at_least(args.every, 1, "--every")
+        _check_split_options(args.test_fraction, args.block_seconds, "--block-seconds")
+        check_seconds(args.block_seconds, "--block-seconds")
+        for option, value in (
+            ("--min-translation", args.min_translation),
+            ("--min-rotation", args.min_rotation),
+            ("--blur-threshold", args.blur_threshold),
+        ):
+            if not 0 <= value < math.inf:
+                raise UsageError(f"{option} must be a finite number >= 0 (0: no such filter), got {value}")
+        check_seconds(args.gt_max_gap, "--gt-max-gap")
     elif cmd == "label-sfm":
         src = Path(args.source)
         if not src.exists():
             raise UsageError(f"{src} not found; give a folder of images or a bag")
         check_output_folder(Path(args.out), "--out")
+        _check_at_least(args.every, 1, "--every")
+        _check_split_options(args.test_fraction, args.block_frames, "--block-frames")
+        if args.scale is not None and not 0 < args.scale < math.inf:
+            raise UsageError(f"--scale must be a finite number of metres per SfM unit > 0, got {args.scale}")
+        if args.align_to is not None and not Path(args.align_to).is_file():
+            raise UsageError(f"--align-to {args.align_to} not found; give a poses.csv with known poses")
+
+
+def _check_at_least(value: int, least: int, option: str) -> None:
+    if value < least:
+        raise UsageError(f"{option} must be >= {least}, got {value}")
+
+
+def _check_split_options(test_fraction: float, block: float, block_option: str) -> None:
+    if not 0 < test_fraction < 1:
+        raise UsageError(f"--test-fraction must be between 0 and 1 (the share of frames for test), got {test_fraction}")
+    if not 0 < block < math.inf:
+        raise UsageError(f"{block_option} must be > 0, got {block}")
+
+
+# A ROS 2 name: tokens of letters, digits and underscores (none starting with a digit), joined by '/'.
+TOPIC_NAME = re.compile(r"/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _check_topic(name: str, option: str, reserved: tuple[str, ...] = ()) -> None:
+    if not TOPIC_NAME.fullmatch(name):
+        raise UsageError(f"{option} {name!r} is not a ROS topic name (such as /camera/image_raw)")
+    if name in reserved or "/" + name in reserved:
+        raise UsageError(f"{option} {name} is taken by the recording's own {name} messages; pick another topic")
 
 
 def _check_eval_model(path: Path) -> None:
@@ -489,24 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     from posenet_ros.engine import EngineError
     from posenet_train.sfm import SfmError
 
-    args = parse_args(build_parser(), argv)
-    try:
-        return run(args)
-    except (DatasetError, BagError, SfmError, EngineError, ValueError, OSError, FloatingPointError) as exc:
-        print(f"posenet-train {args.command}: error: {first_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"posenet-train {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a bug, not a user mistake: still one line, the traceback on request
-        if os.environ.get("POSENET_TRACEBACK"):
-            raise
-        print(
-            f"posenet-train {args.command}: internal error: {type(exc).__name__}: {first_line(exc)} "
-            "(rerun with POSENET_TRACEBACK=1 for the traceback and report it)",
-            file=sys.stderr,
-        )
-        return 1
+    user_errors = (DatasetError, BagError, SfmError, EngineError, ValueError, OSError, FloatingPointError)
+    return run_command_line(build_parser(), argv, run, user_errors)
 
 
 if __name__ == "__main__":

@@ -276,7 +276,7 @@ def test_synth_refuses_what_would_render_nothing(args, fragment, tmp_path: Path,
         (["export", "CHECKPOINT", "out.onnx"], ("must end in .pt",)),
         (["eval", "CHECKPOINT_TXT", "SCENE"], ("neither an exported model nor a posenet-train checkpoint",)),
         (["to-bag", "SCENE", "--out", "SCENE"], ("already exists",)),
-        (["to-bag", "SCENE", "--out", "NEW", "--rate", "0"], ("--rate must be > 0",)),
+        (["to-bag", "SCENE", "--out", "NEW", "--rate", "0"], ("--rate must be between",)),
         (["from-bag", "SCENE", "--out", "RUN", "--gt-frames", "map", "cam"], ("is a data set (poses.csv), not a bag",)),
         (["calibrate", "CHECKPOINT", "SCENE"], ("is a training checkpoint", "posenet-train export")),
     ],
@@ -364,3 +364,54 @@ def test_plausibility_warnings_follow_the_scene_box() -> None:
     assert "outside the model's scene 'room'" in plausibility_warnings(box, far, np.array([0.2, 0.4]), "x")[0]
     big_errors = plausibility_warnings(box, inside, np.array([3.0, 4.0]), "check it")
     assert len(big_errors) == 1 and "70% of the model's scene size" in big_errors[0] and "check it" in big_errors[0]
+
+
+# -- what the CLI fuzzing (test_fuzz.py) found: each was an internal error, a late or a misleading one --
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        # a progress bar, then "need at least one array to concatenate"
+        (["eval", "MODEL", "SCENE", "--batch-size", "0"], ("--batch-size must be >= 1",)),
+        # internal error: AttributeError: 'sensor_msgs__msg__Image' object has no attribute 'transforms'
+        (["to-bag", "SCENE", "--out", "NEW", "--image-topic", "/tf"], ("is taken by the recording's own /tf",)),
+        (["to-bag", "SCENE", "--out", "NEW", "--image-topic", "my camera"], ("is not a ROS topic name",)),
+        # internal error: OverflowError (stamps beyond int64 nanoseconds)
+        (["to-bag", "SCENE", "--out", "NEW", "--rate", "1e-300"], ("--rate must be between 0.001 and 1e6",)),
+        (["to-bag", "SCENE", "--out", "NEW", "--sequence-gap", "1e300"], ("--sequence-gap must be >= 0 and at most",)),
+        (["from-bag", "BAG", "--out", "RUN", "--gt-topic", "/gt", "--gt-max-gap", "1E300"], ("--gt-max-gap must be",)),
+        (["from-bag", "BAG", "--out", "RUN", "--gt-topic", "/gt", "--block-seconds", "1e300"], ("--block-seconds",)),
+        # found only after every frame of the bag was read
+        (["from-bag", "BAG", "--out", "RUN", "--gt-topic", "/gt", "--test-fraction", "1"], ("--test-fraction must",)),
+        (["from-bag", "BAG", "--out", "RUN", "--gt-topic", "/gt", "--every", "0"], ("--every must be >= 1",)),
+        # NaN: every frame dropped as "too little motion"
+        (["from-bag", "BAG", "--out", "RUN", "--gt-topic", "/gt", "--min-translation", "nan"], ("finite number >= 0",)),
+        # found only after structure from motion ran
+        (["label-sfm", "SCENE", "--out", "RUN", "--scale", "-1"], ("--scale must be a finite number",)),
+        (["label-sfm", "SCENE", "--out", "RUN", "--align-to", "NOWHERE"], ("--align-to", "not found")),
+        (["label-sfm", "SCENE", "--out", "RUN", "--test-fraction", "0"], ("--test-fraction must",)),
+    ],
+)
+def test_mistakes_the_fuzzer_found(argv, fragments, scene: Path, bag: Path, tmp_path, capsys, monkeypatch) -> None:
+    no_long_work(monkeypatch)
+    import posenet_train.sfm
+
+    monkeypatch.setattr(posenet_train.sfm, "run_colmap", lambda *a, **k: pytest.fail("SfM ran before the check"))
+    names = {
+        "SCENE": str(scene),
+        "BAG": str(bag),
+        "MODEL": str(DEMO_MODEL),
+        "RUN": str(tmp_path / "run"),
+        "NEW": str(tmp_path / "new_bag"),
+        "NOWHERE": str(tmp_path / "nowhere.csv"),
+    }
+    code, _, err = run(train_cli.main, [names.get(a, a) for a in argv], capsys)
+    one_line_error(code, err, *fragments)
+
+
+def test_replay_gt_max_gap_beyond_int64_nanoseconds_is_refused(bag: Path, capsys, monkeypatch) -> None:
+    no_long_work(monkeypatch)
+    argv = ["replay", str(bag), "--model", str(DEMO_MODEL), "--gt-topic", "/gt", "--gt-max-gap", "inf"]
+    code, _, err = run(ros_cli.main, argv, capsys)
+    one_line_error(code, err, "posenet-ros: error: --gt-max-gap must be > 0 and at most")
