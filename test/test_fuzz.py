@@ -358,3 +358,216 @@ def test_a_ground_truth_sample_that_is_no_pose_is_skipped(tmp_path: Path) -> Non
 def test_the_budget_follows_the_environment() -> None:
     assert FUZZ.max_examples == EXAMPLES > 0
     assert struct.calcsize("<I") == 4  # CDR and MCAP lengths are read as 4-byte little-endian
+
+
+# -- every CLI command with random argument values ------------------------------------------------------
+#
+# Each command of posenet-ros (but live, which needs ROS, and bench) and posenet-train is called in
+# this process with random values for random options: numbers (negative, NaN, inf, huge), text, paths
+# that do not exist, existing files of the wrong kind, empty strings. The only outcomes allowed are
+# exit 0, 1 or 2 with a failure reported as one line on stderr: never an exception, a traceback or an
+# "internal error". The work that grows with the values (training, rendering, sampling, SfM, playing
+# in real time) is stubbed to stop the command once it is past its checks; the rest runs for real on
+# a two-frame data set, its bag and a tiny model.
+
+
+class _ReachedLongWork(BaseException):
+    """Raised by a stubbed long step: the command accepted its arguments (not an Exception, so no
+    handler of the command can take it for an error)."""
+
+
+def _stop(*args: object, **kwargs: object) -> None:
+    raise _ReachedLongWork
+
+
+def _cli_stubs() -> list[tuple[object, str]]:
+    import posenet_train.sfm
+    import posenet_train.synth
+    import posenet_train.train
+    import posenet_train.uncertainty
+
+    return [
+        (posenet_train.train, "fit"),
+        (posenet_train.synth, "render_dataset"),
+        (posenet_train.uncertainty, "predict"),
+        (posenet_train.uncertainty, "calibrate"),
+        (posenet_train.sfm, "label_sfm"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def cli_world(tmp_path_factory, tiny_file) -> dict[str, Path]:
+    """Real inputs of every kind a command takes, each tiny, and files of the wrong kind."""
+    import torch
+
+    from posenet_ros.onnx_export import export_onnx
+    from posenet_train.bags import ToBagConfig, dataset_to_bag
+    from posenet_train.synth import SynthConfig, render_dataset
+
+    root = tmp_path_factory.mktemp("cli_world")
+    scene = root / "scene"
+    render_dataset(
+        SynthConfig(train_sequences=1, test_sequences=1, frames_per_sequence=2, width=32, height=24), scene, False
+    )
+    dataset_to_bag(ToBagConfig(scene, root / "bag", storage="mcap"))
+    torch.save({"config": {}, "model": {}, "optimizer": {}, "normalization": {}, "step": 1}, root / "checkpoint.pt")
+    (root / "notes.txt").write_text("not a model, not a data set\n")
+    (root / "empty.pt").write_bytes(b"")
+    (root / "empty_dir").mkdir()
+    onnx = export_onnx(tiny_file[0], root / "tiny.onnx")
+    return {
+        "onnx": onnx,
+        "scene": scene,
+        "bag": root / "bag",
+        "model": tiny_file[0],
+        "checkpoint": root / "checkpoint.pt",
+        "notes": root / "notes.txt",
+        "empty_file": root / "empty.pt",
+        "empty_dir": root / "empty_dir",
+        "poses_csv": scene / "poses.csv",
+        "image": next((scene / "seq-01").iterdir()),
+    }
+
+
+CLI_NUMBERS = st.one_of(
+    st.integers(-3, 12).map(str),
+    st.integers(-(2**70), 2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["nan", "-nan", "inf", "-inf", "1e308", "-1e308", "1e-300", "-0", "0.0", "1e999", "0x10"]),
+)
+
+
+# What a positional or an option of this name is meant to get: the value that lets the command go on.
+CLI_GOOD_PATHS = {
+    "model": ("model", "onnx", "checkpoint"),
+    "checkpoint": ("checkpoint",),
+    "dataset": ("scene",),
+    "data": ("scene",),
+    "src": ("scene",),
+    "ood": ("scene",),
+    "align_to": ("poses_csv",),
+    "bag": ("bag",),
+    "source": ("bag", "scene"),
+    "calibration": ("bag", "scene"),
+}
+CLI_GOOD_TEXT = {
+    "gt_frames": ("map", "base_link", "camera_optical"),
+    "gt_topic": ("/ground_truth/camera_pose", "/camera/image_raw"),
+    "image_topic": ("/camera/image_raw", "/ground_truth/camera_pose", "/tf"),
+    "launch_arg": ("a:=b",),
+}
+CLI_GOOD = {
+    int: st.one_of(st.integers(-2, 6), st.integers(-(2**70), 2**70)).map(str),
+    float: st.one_of(st.sampled_from(["0.5", "1", "2.0", "0.01", "30", "-1", "0"]), CLI_NUMBERS),
+}
+
+
+def _cli_value(draw, action: object, world: dict[str, Path], fresh: Path, bad_odds: int) -> str:
+    """One value for an option or a positional: mostly one it is meant to get (so the command goes
+    on to its next check), else anything: a number of any size, text, a path of the wrong kind."""
+    paths = [str(p) for p in world.values()] + [str(fresh), str(fresh / "new.pt"), str(fresh / "new.onnx")]
+    paths += [str(fresh / "no" / "such" / "file"), "", "nowhere"]
+    dest = getattr(action, "dest", "")
+    typed = getattr(action, "type", None)
+    choices = getattr(action, "choices", None)
+    if bad_odds and draw(st.sampled_from(range(bad_odds))) == 0:
+        return draw(st.one_of(st.text(max_size=10), st.just(""), CLI_NUMBERS, st.sampled_from(paths)))
+    if choices:
+        return draw(st.sampled_from(sorted(choices)))
+    if typed in CLI_GOOD:
+        return draw(CLI_GOOD[typed])
+    if dest in CLI_GOOD_TEXT:
+        return draw(st.sampled_from(CLI_GOOD_TEXT[dest]))
+    if dest in CLI_GOOD_PATHS:
+        return str(world[draw(st.sampled_from(CLI_GOOD_PATHS[dest]))])
+    if dest in ("out", "export", "report", "json", "node_log"):
+        name = draw(st.sampled_from(["run", "new.pt", "new.onnx", "bag"]))
+        return name if draw(SOMETIMES) else str(fresh / name)  # a relative path lands in fresh too
+    return draw(st.one_of(st.sampled_from(paths), st.text(max_size=10)))
+
+
+MOSTLY = st.sampled_from([True] * 9 + [False])
+SOMETIMES = st.sampled_from([True, False, False, False])
+
+
+@st.composite
+def cli_argv(draw, parser, command: str, world: dict[str, Path], fresh: Path) -> list[str]:
+    import argparse
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    argv = [command]
+    bad_odds = draw(st.sampled_from([0, 0, 8, 3]))  # 1 in bad_odds values is anything (0: none)
+    for action in sub._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if not action.option_strings:
+            if draw(MOSTLY):  # now and then a positional is missing
+                argv.append(_cli_value(draw, action, world, fresh, bad_odds))
+            continue
+        if not (action.required and draw(MOSTLY)) and not draw(SOMETIMES):
+            continue
+        flag = draw(st.sampled_from(action.option_strings))
+        if action.nargs == 0:
+            argv.append(flag)
+            continue
+        count = action.nargs if isinstance(action.nargs, int) else 1
+        values = [_cli_value(draw, action, world, fresh, bad_odds) for _ in range(count)]
+        if any(v.startswith("-") for v in values) and count == 1 and draw(st.booleans()):
+            argv.append(f"{flag}={values[0]}")
+        else:
+            argv += [flag, *values]
+    return argv
+
+
+def _run_cli(main, argv: list[str], capsys) -> None:
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse itself: its mistakes (2) and nothing else
+        code = exc.code
+    except _ReachedLongWork:
+        return
+    _, err = capsys.readouterr()
+    assert code in (0, 1, 2), (argv, code, err)
+    assert "Traceback" not in err and "internal error" not in err, (argv, err)
+    if code != 0:  # the error is the one line on stderr, after any progress bar (drawn with \r)
+        lines = [line for line in err.strip().split("\n") if "\r" not in line]
+        assert len(lines) == 1 and ": error: " in lines[0], (argv, err)
+
+
+ROS_FUZZ_COMMANDS = ("replay", "export-onnx", "info")
+TRAIN_FUZZ_COMMANDS = ("convert", "synth", "fit", "export", "eval", "calibrate", "to-bag", "from-bag", "label-sfm")
+CLI_FUZZ = settings(
+    max_examples=max(4, EXAMPLES // 4), deadline=None, suppress_health_check=list(HealthCheck), derandomize=DERANDOMIZE
+)
+
+
+def _fuzz_cli(main, parser, command: str, world, tmp_path_factory, monkeypatch, capsys, data) -> None:
+    for module, name in _cli_stubs():
+        monkeypatch.setattr(module, name, _stop)
+    fresh = tmp_path_factory.mktemp("cli_fuzz")
+    argv = data.draw(cli_argv(parser, command, world, fresh))
+    if command == "replay" and "--realtime" in argv:  # plays at the recorded rate times --rate
+        import posenet_ros.replay
+
+        monkeypatch.setattr(posenet_ros.replay, "replay", _stop)
+    with contextlib.chdir(fresh):  # relative outputs (and eval's default out/) land here
+        _run_cli(main, argv, capsys)
+
+
+@pytest.mark.parametrize("command", ROS_FUZZ_COMMANDS)
+@CLI_FUZZ
+@given(data=st.data())
+def test_posenet_ros_commands_with_random_arguments(command, cli_world, tmp_path_factory, monkeypatch, capsys, data):
+    from posenet_ros import cli
+
+    _fuzz_cli(cli.main, cli.build_parser(), command, cli_world, tmp_path_factory, monkeypatch, capsys, data)
+
+
+@pytest.mark.parametrize("command", TRAIN_FUZZ_COMMANDS)
+@CLI_FUZZ
+@given(data=st.data())
+def test_posenet_train_commands_with_random_arguments(command, cli_world, tmp_path_factory, monkeypatch, capsys, data):
+    from posenet_train import cli
+
+    _fuzz_cli(cli.main, cli.build_parser(), command, cli_world, tmp_path_factory, monkeypatch, capsys, data)
