@@ -312,7 +312,7 @@ class RelocalizerNode(Node):
         status.hardware_id = str(self.engine.device)
         c = self.engine.contract
         e = self.engine
-        extra = {"device": str(e.device), "backend": e.backend, "precision": e.config.precision}
+        extra = {"device": str(e.device), "backend": e.backend, "precision": e.precision}
         extra |= {"model_scene": c.scene.name, "contract_version": c.version}
         status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in {**summary, **extra}.items()]
         msg = DiagnosticArray()

@@ -290,7 +290,7 @@ def summarize(run: _Run, skipped: int, wall_s: float) -> dict[str, Any]:
         "model": str(cfg.model),
         "scene": run.engine.contract.scene.name,
         "backend": run.engine.backend,
-        "precision": run.engine.config.precision,
+        "precision": run.engine.precision,
         "device": str(run.engine.device),
         "mode": "realtime" if cfg.realtime else "as fast as possible",
         "rate": cfg.rate if cfg.realtime else None,

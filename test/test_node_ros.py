@@ -602,3 +602,17 @@ def test_sim_time_follows_clock_including_a_bag_loop_jumping_back(bed: RosTestbe
                 stamps.append(t)
             time.sleep(0.01)
         wait_for(lambda stamps=stamps: {stamp_ns(p) for p in poses} >= set(stamps), what=f"the poses of loop {loop}")
+
+
+def test_precision_auto_reports_what_it_chose(bed: RosTestbed, tiny_file: tuple[Path, Any]) -> None:
+    """precision:=auto is a start-up parameter like any other; /diagnostics says which precision runs
+    (fp32, or bf16 where the CPU runs it natively and the poses agree), never "auto"."""
+    diags = bed.collect(DiagnosticArray, "/diagnostics")
+    poses = bed.collect(PoseStamped, POSE)
+    pub = bed.publisher(Image, CAMERA, reliable=True)
+    node = run_node(bed, tiny_file[0], "precision:=auto")
+    bed.wait_matched(pub)
+    send_until(pub, image_msg(now_ns(bed)), poses)
+    precision = wait_for(lambda: diags and latest_status(diags)[2].get("precision"), what="/diagnostics")
+    assert precision in ("fp32", "bf16"), precision
+    assert_clean_exit(node, signal.SIGINT)

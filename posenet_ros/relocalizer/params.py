@@ -42,7 +42,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         choices=("auto", "torchscript", "onnxruntime"),
     ),
     ParamSpec("device", "auto", f"inference device: {DEVICES_HELP}", read_only=True),
-    ParamSpec("precision", "fp32", "fp32, or fp16/bf16 on CUDA", read_only=True, choices=("fp32", "fp16", "bf16")),
+    ParamSpec(
+        "precision",
+        "fp32",
+        "fp32; fp16/bf16 on CUDA, bf16 on CPUs with native bf16 (AMX, AVX512-BF16); auto: the fastest native "
+        "precision whose poses agree with fp32 on the warm-up frames",
+        read_only=True,
+        choices=("fp32", "fp16", "bf16", "auto"),
+    ),
     ParamSpec(
         "threads", 0, "CPU threads, inference and preprocessing (0: torch default)", read_only=True, range=(0, 256)
     ),
