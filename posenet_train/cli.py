@@ -120,7 +120,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="exported .pt (with --mc-dropout for the mc_dropout mode)")
     p.add_argument("dataset", help="canonical data set whose SPLIT the model was not trained on")
     p.add_argument("--split", default="test", choices=("train", "test"), help="held-out split to calibrate on")
-    p.add_argument("--out", default="", help="calibrated model (default: MODEL_calibrated.pt)")
+    p.add_argument("--out", default="", help="calibrated model (default: out/calibrated/MODEL_calibrated.pt)")
     _add_uncertainty_options(p)
 
 
@@ -461,10 +461,15 @@ def _run_fit(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def default_calibrated_path(model: Path) -> Path:
+    """Under out/, never next to the model: a bundled model sits in the source tree."""
+    return Path("out") / "calibrated" / f"{model.stem}_calibrated.pt"
+
+
 def _run_calibrate(args: argparse.Namespace) -> None:
     from posenet_train.uncertainty import calibrate, format_metrics
 
-    out = Path(args.out) if args.out else Path(args.model).with_name(Path(args.model).stem + "_calibrated.pt")
+    out = Path(args.out) if args.out else default_calibrated_path(Path(args.model))
     cal, before, after = calibrate(args.model, args.dataset, out, args.split, args.mode, args.samples, args.crops)
     print(f"{args.mode} on {args.dataset} ({args.split}, {cal.frames} frames)")
     print(f"before: {format_metrics(before)}")

@@ -94,3 +94,10 @@ def test_info_on_a_bad_file_is_one_line_error(tmp_path: Path, capsys) -> None:
     assert main(["info", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("posenet-ros: error:") and "\n" not in err
+
+
+def test_calibrate_writes_under_out_by_default_never_next_to_the_model() -> None:
+    from posenet_train.cli import default_calibrated_path
+
+    out = default_calibrated_path(Path("models/posenet_demo.pt"))
+    assert out == Path("out/calibrated/posenet_demo_calibrated.pt")
