@@ -8,7 +8,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -127,3 +129,16 @@ def tiny_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TinyPoseN
     model = TinyPoseNet().eval()
     contract = small_contract(position_offset=(10.0, -5.0, 1.0), position_scale=3.0)
     return export_torchscript(model, contract, tmp_path_factory.mktemp("m") / "tiny.pt"), model
+
+
+@pytest.fixture
+def bed(ros_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """A private ROS 2 graph for one test (``ros_harness.RosTestbed``), closed whatever the outcome:
+    every process it started is ended."""
+    from ros_harness import RosTestbed  # imports rclpy: only for the tests that ask for it
+
+    testbed = RosTestbed(ros_env, tmp_path)
+    try:
+        yield testbed
+    finally:
+        testbed.close()

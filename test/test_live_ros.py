@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -39,15 +38,6 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         bags[kind] = root / f"bag_{kind}"
         dataset_to_bag(ToBagConfig(root / "scene", bags[kind], storage="mcap", compressed=kind == "compressed"))
     return bags
-
-
-@pytest.fixture
-def bed(ros_env: dict[str, str], tmp_path: Path) -> Any:
-    testbed = RosTestbed(ros_env, tmp_path)
-    try:
-        yield testbed
-    finally:
-        testbed.close()
 
 
 def run_live(bed: RosTestbed, *args: str, timeout: float = 180.0) -> tuple[int, str]:

@@ -28,15 +28,6 @@ CAMERA = "/camera/image_raw"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def bed(ros_env: dict[str, str], tmp_path: Path) -> Any:
-    testbed = RosTestbed(ros_env, tmp_path)
-    try:
-        yield testbed
-    finally:
-        testbed.close()
-
-
 def run_node(bed: RosTestbed, model: Path, *params: str, ros_args: tuple[str, ...] = ()) -> Any:
     """`ros2 run posenet_ros relocalize_node` with -p name:=value as a person types them."""
     defaults = (f"model_path:={model}", "device:=cpu", "max_frame_age_ms:=0.0", "diagnostics_period:=0.2")
