@@ -24,7 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from posenet_ros.bagio import BagMessage, BagWriter, TopicQos, open_bag, pick_image_topic, read_messages, storage_of
+from posenet_ros.bagio import (
+    BagMessage,
+    BagWriter,
+    TopicQos,
+    open_bag,
+    pick_image_topic,
+    read_messages,
+    storage_of,
+    warn_stderr,
+)
 from posenet_ros.engine import Engine
 from posenet_ros.errors import first_line
 from posenet_ros.geometry import Pose, position_error, rotation_error_deg
@@ -261,7 +270,13 @@ def _run_realtime(run: _Run, messages: Iterator[BagMessage]) -> int:
 
 def replay(cfg: ReplayConfig) -> ReplayResult:
     run_error: list[str] = []
-    with open_bag(cfg.bag) as reader:
+    recovered: list[str] = []  # what a damaged recording lost: on stderr now, in the report later
+
+    def warn(line: str) -> None:
+        warn_stderr(line)
+        recovered.append(line)
+
+    with open_bag(cfg.bag, warn) as reader:
         run = _Run(cfg, reader)
         start = time.perf_counter()
         try:
@@ -276,6 +291,8 @@ def replay(cfg: ReplayConfig) -> ReplayResult:
                 run.writer.close()
         wall_s = time.perf_counter() - start
     summary = summarize(run, skipped, wall_s)
+    if recovered:
+        summary["recording_damage"] = recovered
     if run_error:
         summary["read_error"] = run_error[0]
     return ReplayResult(run.all_records(), summary, run_error[0] if run_error else None)
@@ -427,9 +444,8 @@ def write_report(result: ReplayResult, out: Path) -> Path:
     summary["plots"] = [p.name for p in plots]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _write_frames_csv(records, out / "frames.csv")
-    return write_index_html(
-        out, title, report_tables(summary), plots, ("summary.json", "frames.csv"), summary.get("warnings", [])
-    )
+    notes = [*summary.get("recording_damage", []), *summary.get("warnings", [])]
+    return write_index_html(out, title, report_tables(summary), plots, ("summary.json", "frames.csv"), notes)
 
 
 def _ms(value: float | None) -> str:

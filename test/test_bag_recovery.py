@@ -6,6 +6,7 @@ lost, and never be written to. The oracle walks the uncut file independently of 
 from __future__ import annotations
 
 import hashlib
+import html
 import shutil
 import sqlite3
 import struct
@@ -20,7 +21,7 @@ import yaml
 from posenet_ros.bagio import BagError, BagWriter, open_bag
 from posenet_ros.geometry import Pose
 from posenet_ros.image_codec import encode_image
-from posenet_ros.replay import ReplayConfig, replay
+from posenet_ros.replay import ReplayConfig, replay, write_report
 from posenet_train.bags import ToBagConfig, dataset_to_bag
 from posenet_train.cli import main as train_main
 from posenet_train.synth import SynthConfig, render_dataset
@@ -248,6 +249,10 @@ def test_replay_and_from_bag_recover_a_recording_cut_at_60_percent(tmp_path: Pat
     assert result.read_error is None
     warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "chunk cut mid-way" in warnings[0]
+    # The report says it too: a reader of index.html did not see the terminal.
+    assert result.summary["recording_damage"] == [warnings[0].removeprefix("warning: ")]
+    index = write_report(result, tmp_path / "report").read_text()
+    assert html.escape(result.summary["recording_damage"][0]) in index
     out = tmp_path / "from_bag"
     args = ["from-bag", str(bag), "--out", str(out), "--gt-frames", "map", "camera_optical"]
     assert train_main(args) == 0
