@@ -9,6 +9,7 @@
   to-bag     record a data set split as a rosbag2 (images, /tf, ground-truth poses)
   from-bag   training set from a recording with ground truth
   label-sfm  poses for unlabelled images or a bag by structure from motion (pycolmap)
+  map        3D map of a data set's training images for refinement (SIFT, known poses)
 
 Mistakes are one line saying what is wrong and what to do, with exit status 2.
 """
@@ -187,6 +188,22 @@ def _add_label_sfm(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-frames", type=int, default=d.block_frames, help="split by blocks of consecutive frames")
 
 
+def _add_map(sub: argparse._SubParsersAction) -> None:
+    from posenet_ros.refine import FeatureConfig
+    from posenet_train.scene_map import MapConfig
+
+    d, f = MapConfig(), FeatureConfig()
+    p = sub.add_parser("map", help="3D map of a data set's training images for refinement (SIFT, known poses)")
+    p.add_argument("data", help="canonical data set folder (poses.csv; intrinsics from scene.json)")
+    p.add_argument("--out", required=True, help="map file to write (.npz)")
+    p.add_argument("--every", type=int, default=d.every, help="use every n-th training image")
+    p.add_argument("--max-images", type=int, default=d.max_images, help="at most this many images (0: all)")
+    p.add_argument("--max-size", type=int, default=f.max_size, help="longer image side features are detected at")
+    p.add_argument("--max-features", type=int, default=f.max_features, help="SIFT features per image")
+    p.add_argument("--pairs", type=int, default=d.pairs_k, help="nearest images matched per image")
+    p.add_argument("--scene", default=None, help="scene name (default: scene.json's, else the folder name)")
+
+
 SUBCOMMANDS = (
     _add_convert,
     _add_synth,
@@ -197,6 +214,7 @@ SUBCOMMANDS = (
     _add_to_bag,
     _add_from_bag,
     _add_label_sfm,
+    _add_map,
 )
 
 
@@ -398,6 +416,8 @@ def run(args: argparse.Namespace) -> int:
         _run_from_bag(args)
     elif args.command == "label-sfm":
         _run_label_sfm(args)
+    elif args.command == "map":
+        _run_map(args)
     return 0
 
 
@@ -529,6 +549,24 @@ def _run_label_sfm(args: argparse.Namespace) -> None:
         line += "; poses are in SfM units (no --scale or --align-to)"
     print(line)
     print(f"wrote {Path(args.out) / 'poses.csv'}")
+
+
+def _run_map(args: argparse.Namespace) -> None:
+    from posenet_ros.refine import FeatureConfig
+    from posenet_train.scene_map import MapConfig, build_map
+
+    _check_dataset(args.data)
+    cfg = MapConfig(
+        features=FeatureConfig(max_size=args.max_size, max_features=args.max_features),
+        every=args.every,
+        max_images=args.max_images,
+        pairs_k=args.pairs,
+    )
+    m = build_map(args.data, args.out, cfg, scene=args.scene, progress=True)
+    b = m.build
+    size_mb = Path(args.out).stat().st_size / 2**20
+    print(f"{b['images']} images, {b['points']} points, {size_mb:.1f} MB in {b['seconds']['total']:.0f} s")
+    print(f"wrote {args.out}")
 
 
 def main(argv: list[str] | None = None) -> int:
