@@ -5,9 +5,11 @@ Rule: resize so the shortest side is ``resize_shortest_side`` (area interpolatio
 does for dense evaluation), scale to [0, 1], subtract mean, divide by std, in the contract's channel
 order. Two implementations of the same rule:
 
-- ``CpuPreprocessor``: OpenCV float resize of only the kept region (its two halves on two threads),
-  then one ``cv2.transform`` per crop (channel order + normalization) into a reused channels-last
-  buffer; no per-frame allocation.
+- ``CpuPreprocessor``: OpenCV float resize of only the source pixels the crops need, with the whole
+  frame's scale factors and a start on a whole source pixel, so it equals the whole-frame resize
+  (``resize_shortest_side``, what training does) up to float rounding (its two halves on two
+  threads), then one ``cv2.transform`` per crop (channel order + normalization) into a reused
+  channels-last buffer; no per-frame allocation.
 - ``TorchPreprocessor``: for CUDA; the uint8 frame is uploaded once (pinned memory) and resized,
   cropped and normalized on the device. It runs on any torch device, so CPU tests cover it.
 """
@@ -133,27 +135,103 @@ def channel_affine(encoding: str, spec: Preprocessing) -> np.ndarray:
     return m
 
 
-@dataclass(frozen=True)
-class CropPlan:
-    """Where the crops of one frame size come from, computed once per (frame size, crop count).
-
-    ``region`` is the part of the resized image the crops cover, ``(y0, x0, y1, x1)``; ``source``
-    the source pixels it comes from; ``offsets`` each crop's corner inside the region. When shrinking,
-    resizing only the region is the same work as resizing the whole frame and cropping, minus the
-    pixels thrown away (less than half of them for a 4:3 centre crop); when enlarging, the region is
-    the whole frame."""
-
-    resized: tuple[int, int]
-    region: tuple[int, int, int, int]
-    source: tuple[int, int, int, int]
-    offsets: tuple[tuple[int, int], ...]
-    area: bool
-
-
 def uses_area(height: int, width: int, spec: Preprocessing) -> bool:
     """Area averaging when the shortest side shrinks (moire-free); linear when it grows, where
     OpenCV's INTER_AREA degenerates to nearest-neighbour blocks. Training resizes by the same rule."""
     return spec.interpolation == "area" and min(height, width) >= spec.resize_shortest_side
+
+
+def resize_shortest_side(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """The resize rule itself, written the slow, obvious way: the whole frame resized so that its
+    shortest side is ``resize_shortest_side`` (``cv2.INTER_AREA`` when it shrinks, ``INTER_LINEAR``
+    when it grows, see ``uses_area``). Crops are then cut from the result.
+
+    Training's image cache calls it on uint8 frames (OpenCV rounds the result to whole grey
+    levels); the preprocessors compute the same resize unrounded, as it does on float32 frames."""
+    h, w = image.shape[:2]
+    rh, rw = resized_size(h, w, spec.resize_shortest_side)
+    interp = cv2.INTER_AREA if uses_area(h, w, spec) else cv2.INTER_LINEAR
+    return cv2.resize(image, (rw, rh), interpolation=interp)
+
+
+@dataclass(frozen=True)
+class ResizePiece:
+    """One ``cv2.resize`` of the CPU path: source rows/columns ``[y0, y1) x [x0, x1)`` to output
+    rows ``[out_y0, out_y0 + out_h)`` of the computed rectangle (all its columns)."""
+
+    source: tuple[int, int, int, int]
+    out_y0: int
+    out_h: int
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """Where the crops of one frame size come from, computed once per (frame size, crop count).
+
+    ``region`` is the part of the resized image the crops cover, ``(y0, x0, y1, x1)``, and
+    ``offsets`` each crop's corner inside it (the torch path resizes exactly the region).
+
+    The CPU path resizes ``computed``, a rectangle of the resized image around the region, from
+    the source pixels ``source``, in one resize or in ``pieces`` on two threads, and finds the region
+    at ``region_in_computed`` inside it. When shrinking, an area-resized pixel is the mean of a
+    rectangle of source pixels whose edges lie on fractional coordinates, so resizing a part of
+    the frame gives the whole-frame result only where the part starts on an output edge that
+    falls on a source pixel edge: the rectangle starts on one (output index a multiple of
+    ``n_out / gcd(n_in, n_out)``) and ends on the first source pixel edge past the region, and
+    ``cv2.resize`` is given the whole frame's scale factors (``fx``, ``fy``) instead of an output
+    size, so every output edge lands where it does in the whole frame. When enlarging (linear
+    filtering reads neighbours across any border) the rectangle is the whole frame."""
+
+    resized: tuple[int, int]
+    region: tuple[int, int, int, int]
+    offsets: tuple[tuple[int, int], ...]
+    area: bool
+    computed: tuple[int, int, int, int]
+    source: tuple[int, int, int, int]
+    scale: tuple[float, float]  # (fx, fy): output pixels per source pixel, as the whole-frame resize has them
+    whole: tuple[ResizePiece, ...]  # the computed rectangle as one resize (one thread)
+    pieces: tuple[ResizePiece, ...]  # as two resizes (two threads) where it can be split, else ``whole``
+
+    @property
+    def region_in_computed(self) -> tuple[int, int]:
+        return self.region[0] - self.computed[0], self.region[1] - self.computed[1]
+
+
+def aligned_span(n_in: int, n_out: int, o0: int, o1: int) -> tuple[int, int, int, int]:
+    """(source start, source end, output start, output count) of a 1-D area resize by the factor
+    n_out / n_in whose outputs include [o0, o1), each equal to the whole-axis resize's.
+
+    Output edge j lies at source coordinate j * n_in / n_out, a whole pixel exactly when j is a
+    multiple of q = n_out / gcd(n_in, n_out): the span starts at the last such edge at or before o0
+    and ends at the first source pixel edge at or after o1's. OpenCV, given the factor rather than
+    a size, makes round((end - start) * n_out / n_in) outputs; the last may be a partial cell that
+    the crops never read."""
+    q = n_out // math.gcd(n_in, n_out)
+    out0 = o0 // q * q
+    start = out0 * n_in // n_out
+    end = min(n_in, -(-o1 * n_in // n_out))
+    count = round((end - start) * (n_out / n_in))
+    if count < o1 - out0 or out0 + count > n_out:
+        raise AssertionError(f"span {start}:{end} of {n_in} -> {count} outputs from {out0} misses {o0}:{o1}")
+    return start, end, out0, count
+
+
+def _row_pieces(height: int, rh: int, ys: tuple[int, int, int, int], cols: tuple[int, int]) -> tuple[ResizePiece, ...]:
+    """The computed rows as two resizes split on an aligned output row near the middle (two
+    threads), or one where no aligned row falls inside."""
+    start, end, _, count = ys
+    x0, x1 = cols
+    q = rh // math.gcd(height, rh)
+    half = round(count / 2 / q) * q
+    if 0 < half < count:
+        cut = start + half * height // rh
+        rest = round((end - cut) * (rh / height))
+        if rest == count - half:
+            return (
+                ResizePiece((start, x0, cut, x1), 0, half),
+                ResizePiece((cut, x0, end, x1), half, rest),
+            )
+    return (ResizePiece((start, x0, end, x1), 0, count),)
 
 
 @lru_cache(maxsize=64)
@@ -161,30 +239,36 @@ def crop_plan(height: int, width: int, spec: Preprocessing, n_crops: int) -> Cro
     rh, rw = resized_size(height, width, spec.resize_shortest_side)
     offsets = crop_offsets(rh, rw, spec.input_height, spec.input_width, n_crops)
     area = uses_area(height, width, spec)
-    if area:
-        y0 = min(y for y, _ in offsets)
-        x0 = min(x for _, x in offsets)
-        y1 = max(y for y, _ in offsets) + spec.input_height
-        x1 = max(x for _, x in offsets) + spec.input_width
-        sy, sx = height / rh, width / rw
-        source = (round(y0 * sy), round(x0 * sx), min(height, round(y1 * sy)), min(width, round(x1 * sx)))
-    else:
-        # Linear filtering reads neighbours across the region's border: resize the whole frame
-        # (small frames only, since the shortest side grows).
-        y0, x0, y1, x1 = 0, 0, rh, rw
-        source = (0, 0, height, width)
+    y0 = min(y for y, _ in offsets)
+    x0 = min(x for _, x in offsets)
+    y1 = max(y for y, _ in offsets) + spec.input_height
+    x1 = max(x for _, x in offsets) + spec.input_width
     relative = tuple((y - y0, x - x0) for y, x in offsets)
-    return CropPlan((rh, rw), (y0, x0, y1, x1), source, relative, area)
+    if area:
+        ys = aligned_span(height, rh, y0, y1)
+        sx0, sx1, cx0, cw = aligned_span(width, rw, x0, x1)
+        computed = (ys[2], cx0, ys[2] + ys[3], cx0 + cw)
+        source = (ys[0], sx0, ys[1], sx1)
+        pieces = _row_pieces(height, rh, ys, (sx0, sx1))
+    else:
+        computed = (0, 0, rh, rw)
+        source = (0, 0, height, width)
+        pieces = (ResizePiece(source, 0, rh),)
+    whole = (ResizePiece(source, 0, computed[2] - computed[0]),)
+    scale = (rw / width, rh / height)
+    return CropPlan((rh, rw), (y0, x0, y1, x1), relative, area, computed, source, scale, whole, pieces)
 
 
 class CpuPreprocessor:
     """OpenCV implementation; returns a float32 (N, 3, H, W) tensor in channels-last memory.
 
-    The kept source region is converted to float32 and area-resized in float (OpenCV's float
-    INTER_AREA is about 1.5x faster than its uint8 one here, and skips the uint8 rounding), then
-    one ``cv2.transform`` per crop reorders channels and normalizes into a reused buffer. With
-    ``threads`` > 1 the two halves of the region are converted and resized on two threads when
-    the half-way row falls on a source row, which keeps the result identical to one resize.
+    The source pixels the crops need (``CropPlan``) are converted to float32 and area-resized in
+    float with the whole frame's scale factors (OpenCV's float INTER_AREA is about 1.5x faster than
+    its uint8 one here, and skips the uint8 rounding): the crops equal those of the whole frame
+    resized (``resize_shortest_side``) up to float rounding. One ``cv2.transform`` per crop then
+    reorders channels and normalizes into a reused buffer. With ``threads`` > 1 the rows are
+    resized as two pieces on two threads, split on an output row that lies on a source row edge,
+    which keeps the result identical to one resize.
 
     The tensor views a buffer reused by the next call: consume it before preprocessing again."""
 
@@ -194,8 +278,8 @@ class CpuPreprocessor:
         self.spec = spec
         self._affine = {encoding: channel_affine(encoding, spec) for encoding in ENCODINGS}
         self._helper = ThreadPoolExecutor(1, thread_name_prefix="preprocess") if threads > 1 else None
-        self._source = _Scratch()  # float copy of the source region
-        self._region = _Scratch()  # the resized region
+        self._source = _Scratch()  # float copy of the source pixels
+        self._region = _Scratch()  # the computed part of the resized frame
         self._crops = _Scratch()  # the network input, N x H x W x 3
 
     def __call__(self, image: np.ndarray, encoding: str, n_crops: int = 1) -> torch.Tensor:
@@ -205,38 +289,53 @@ class CpuPreprocessor:
         region = self._resize(image, plan)
         out = self._crops.view((n_crops, s.input_height, s.input_width, 3))
         affine = self._affine[encoding]
+        dy, dx = plan.region_in_computed
         for dst, (y, x) in zip(out, plan.offsets, strict=True):
+            y, x = y + dy, x + dx
             cv2.transform(region[y : y + s.input_height, x : x + s.input_width], affine, dst=dst)
         # NHWC memory seen as NCHW: exactly torch's channels_last layout, no copy.
         return torch.from_numpy(out).permute(0, 3, 1, 2)
 
     def _resize(self, image: np.ndarray, plan: CropPlan) -> np.ndarray:
-        """The plan's region of the resized frame, float32 HxWxC (HxW for mono)."""
-        y0, x0, y1, x1 = plan.region
+        """The plan's computed rectangle of the resized frame, float32 HxWxC (HxW for mono)."""
+        y0, x0, y1, x1 = plan.computed
         sy0, sx0, sy1, sx1 = plan.source
-        source = image[sy0:sy1, sx0:sx1]
         if image.shape[2] == 1:
-            source = source[:, :, 0]  # OpenCV treats HxWx1 and HxW alike; keep the shapes aligned
-        src = self._source.view(source.shape)
-        dst = self._region.view((y1 - y0, x1 - x0, *source.shape[2:]))
-        interp = cv2.INTER_AREA if plan.area else cv2.INTER_LINEAR
-        out_h, src_h = dst.shape[0], src.shape[0]
-        half = out_h // 2
-        # Area output row i averages source rows [i*r, (i+1)*r): when half*r is a whole row, the
-        # two halves are two independent resizes with the same ratio, so splitting changes nothing.
-        if self._helper is not None and plan.area and half > 0 and (half * src_h) % out_h == 0:
-            cut = half * src_h // out_h
-            job = self._helper.submit(_convert_resize, source[cut:], src[cut:], dst[half:], interp)
-            _convert_resize(source[:cut], src[:cut], dst[:half], interp)
+            image = image[:, :, 0]  # OpenCV treats HxWx1 and HxW alike; keep the shapes aligned
+        src = self._source.view((sy1 - sy0, sx1 - sx0, *image.shape[2:]))
+        dst = self._region.view((y1 - y0, x1 - x0, *image.shape[2:]))
+        pieces = plan.pieces if self._helper is not None else plan.whole
+        jobs = []
+        for piece in pieces:
+            py0, px0, py1, px1 = piece.source
+            args = (
+                image[py0:py1, px0:px1],
+                src[py0 - sy0 : py1 - sy0],
+                dst[piece.out_y0 : piece.out_y0 + piece.out_h],
+                plan.area,
+                plan.scale,
+            )
+            if self._helper is not None and piece is not pieces[-1]:
+                jobs.append(self._helper.submit(_convert_resize, *args))
+            else:
+                _convert_resize(*args)
+        for job in jobs:
             job.result()
-        else:
-            _convert_resize(source, src, dst, interp)
         return dst
 
 
-def _convert_resize(source: np.ndarray, src: np.ndarray, dst: np.ndarray, interp: int) -> None:
+def _convert_resize(
+    source: np.ndarray, src: np.ndarray, dst: np.ndarray, area: bool, scale: tuple[float, float]
+) -> None:
+    """uint8 ``source`` -> float32 ``src`` -> resized into ``dst``: by the whole frame's factors
+    (area; OpenCV then derives ``dst``'s size from them), or to ``dst``'s size (linear, whole frame)."""
     np.copyto(src, source)  # uint8 -> float32
-    cv2.resize(src, (dst.shape[1], dst.shape[0]), dst=dst, interpolation=interp)
+    if area:
+        out = cv2.resize(src, None, dst=dst, fx=scale[0], fy=scale[1], interpolation=cv2.INTER_AREA)
+    else:
+        out = cv2.resize(src, (dst.shape[1], dst.shape[0]), dst=dst, interpolation=cv2.INTER_LINEAR)
+    if out.shape != dst.shape or out.ctypes.data != dst.ctypes.data:
+        raise AssertionError(f"resize made {out.shape}, planned {dst.shape}")
 
 
 class _Scratch:

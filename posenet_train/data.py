@@ -20,7 +20,7 @@ import torch
 
 from posenet_ros.atomic import atomic_path
 from posenet_ros.contract import Preprocessing
-from posenet_ros.preprocess import normalization_affine, resized_size, uses_area
+from posenet_ros.preprocess import normalization_affine, resize_shortest_side
 from posenet_train.datasets import DatasetError, PoseRecord, positions, quaternions
 
 
@@ -46,15 +46,13 @@ class PositionNormalization:
 
 
 def load_resized(path: Path, spec: Preprocessing) -> np.ndarray:
-    """RGB uint8 with its shortest side resized as the node's preprocessing would (``uses_area``)."""
+    """RGB uint8, the whole frame resized by the shared rule (``resize_shortest_side``, which the
+    node's CPU and torch paths reproduce unrounded); crops are cut from it."""
     data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
     if img is None:
         raise DatasetError(f"{path}: cannot decode image")
-    h, w = img.shape[:2]
-    rh, rw = resized_size(h, w, spec.resize_shortest_side)
-    interp = cv2.INTER_AREA if uses_area(h, w, spec) else cv2.INTER_LINEAR
-    return cv2.cvtColor(cv2.resize(img, (rw, rh), interpolation=interp), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(resize_shortest_side(img, spec), cv2.COLOR_BGR2RGB)
 
 
 class ImageCache:
