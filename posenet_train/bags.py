@@ -6,7 +6,9 @@ robot records) and as a PoseStamped topic, so every ground-truth path of the rep
 
 ``from-bag`` turns a recording with ground truth into a training set: frames picked every Nth or by
 minimum motion, blurred frames rejected, poses interpolated to the image stamps, and a train/test
-split by time blocks (neighbouring frames are near-duplicates; a random split would leak them).
+split by time blocks (neighbouring frames are near-duplicates; a random split would leak them), then
+val blocks held out of the training time the same way, with a gap of dropped frames either side
+(``datasets.hold_out_val``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ from posenet_ros.bagio import BagError, BagWriter, TopicQos, header_stamp_ns, op
 from posenet_ros.geometry import Pose, matrix_to_quat, position_error, rotation_error_deg
 from posenet_ros.groundtruth import GroundTruth, GroundTruthSource
 from posenet_ros.image_codec import decode, encode_compressed, encode_image
-from posenet_train.datasets import DatasetError, PoseRecord, read_poses_csv, split_records, write_poses_csv
+from posenet_train.datasets import (
+    VAL_FRACTION,
+    VAL_GAP_FRAMES,
+    DatasetError,
+    PoseRecord,
+    hold_out_val,
+    read_poses_csv,
+    split_records,
+    write_poses_csv,
+)
 from posenet_train.synth import OPTICAL_IN_BODY
 
 # The camera's mount on the robot in to-bag recordings: 0.2 m ahead of and 0.5 m above base_link,
@@ -118,6 +129,7 @@ class FromBagConfig:
     blur_threshold: float = 0.0  # variance of the Laplacian below this: too blurred (0: keep all)
     test_fraction: float = 0.2
     block_seconds: float = 10.0  # the split assigns whole blocks of this length
+    val_fraction: float = VAL_FRACTION  # share of the training frames held out as val (0: none)
 
 
 @dataclass
@@ -129,6 +141,7 @@ class FromBagStats:
     blurred: int = 0
     no_ground_truth: int = 0
     undecodable: int = 0
+    beside_val: int = 0  # training frames dropped in the gap on either side of a val block
 
     def line(self) -> str:
         return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in vars(self).items())
@@ -171,6 +184,8 @@ def bag_to_dataset(cfg: FromBagConfig, progress: bool = True) -> tuple[list[Pose
 
     if cfg.every < 1:
         raise ValueError(f"--every must be >= 1, got {cfg.every}")
+    if not 0 <= cfg.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
     out = Path(cfg.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     stats = FromBagStats()
@@ -215,9 +230,19 @@ def bag_to_dataset(cfg: FromBagConfig, progress: bool = True) -> tuple[list[Pose
     if not kept:
         raise BagError(f"no frame kept from {cfg.bag} ({stats.line()})")
     splits = time_block_splits([s for _, s, _ in kept], cfg.test_fraction, cfg.block_seconds)
-    records = [
-        PoseRecord(name, split, p.position, p.quaternion) for (name, _, p), split in zip(kept, splits, strict=True)
-    ]
+    train = sorted((i for i, s in enumerate(splits) if s == "train"), key=lambda i: kept[i][1])
+    held = hold_out_val(
+        [kept[i][1] for i in train], cfg.val_fraction, max(1, round(cfg.block_seconds * 1e9)), VAL_GAP_FRAMES
+    )
+    for i, split in zip(train, held, strict=True):
+        splits[i] = split
+    records = []
+    for (name, _, p), split in zip(kept, splits, strict=True):
+        if split == "gap":
+            (out / name).unlink()
+            stats.beside_val += 1
+        else:
+            records.append(PoseRecord(name, split, p.position, p.quaternion))
     stats.kept = len(records)
     write_poses_csv(out / "poses.csv", records)
     return records, stats

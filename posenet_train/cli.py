@@ -36,7 +36,15 @@ from posenet_ros.cli_support import (
     run_command_line,
 )
 from posenet_ros.model_files import torch_file_kind
-from posenet_train.datasets import READERS, DatasetError
+from posenet_train.datasets import (
+    READERS,
+    SPLITS,
+    VAL_BLOCK_FRAMES,
+    VAL_FRACTION,
+    VAL_GAP_FRAMES,
+    VAL_MIN_BLOCK_FRAMES,
+    DatasetError,
+)
 
 DISTROS = ("humble", "jazzy", "kilted")
 
@@ -46,6 +54,13 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", help="data set folder (or COLMAP images.txt)")
     p.add_argument("--format", required=True, choices=sorted(READERS), help="layout of SRC")
     p.add_argument("--out", required=True, help="folder to write poses.csv into (images are not copied)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=VAL_FRACTION,
+        help="share of the training frames held out as val, in blocks of consecutive frames (0: none)",
+    )
+    p.add_argument("--val-block-frames", type=int, default=VAL_BLOCK_FRAMES, help="consecutive frames per val block")
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +71,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for the images, poses.csv and scene.json")
     p.add_argument("--train-sequences", type=int, default=d.train_sequences, help="trajectories in the train split")
     p.add_argument("--test-sequences", type=int, default=d.test_sequences, help="trajectories in the test split")
+    # One by default, so a rendered set has frames to calibrate on (SynthConfig's 0 keeps library
+    # callers as they were); val trajectories come after the test ones and change no other frame.
+    p.add_argument("--val-sequences", type=int, default=1, help="trajectories in the val split (calibration, tuning)")
     p.add_argument("--frames", type=int, default=d.frames_per_sequence, help="frames per sequence")
     p.add_argument("--width", type=int, default=d.width, help="image width, pixels")
     p.add_argument("--height", type=int, default=d.height, help="image height, pixels")
@@ -99,7 +117,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="errors and thresholds on a data set, against the nearest-neighbour baseline")
     p.add_argument("model", help="exported .pt or a training checkpoint.pt")
     p.add_argument("dataset", help="canonical data set folder")
-    p.add_argument("--split", default="test", choices=("train", "test"), help="split to evaluate")
+    p.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate")
     p.add_argument("--out", default="", help="folder for summary.json and plots (default: out/eval/MODEL_SPLIT)")
     p.add_argument("--no-baseline", action="store_true", help="skip the nearest-neighbour baseline")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
@@ -120,7 +138,9 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="fit the covariance scale on held-out frames and store it in the model")
     p.add_argument("model", help="exported .pt (with --mc-dropout for the mc_dropout mode)")
     p.add_argument("dataset", help="canonical data set whose SPLIT the model was not trained on")
-    p.add_argument("--split", default="test", choices=("train", "test"), help="held-out split to calibrate on")
+    p.add_argument(
+        "--split", choices=SPLITS, help="held-out split to calibrate on (default val: the test split stays unseen)"
+    )
     p.add_argument("--out", default="", help="calibrated model (default: out/calibrated/MODEL_calibrated.pt)")
     _add_uncertainty_options(p)
 
@@ -139,7 +159,7 @@ def _add_to_bag(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("to-bag", help="record a data set split as a rosbag2 (images, /tf, ground-truth poses)")
     p.add_argument("dataset", help="canonical data set folder")
     p.add_argument("--out", required=True, help="new rosbag2 folder")
-    p.add_argument("--split", default=d.split, choices=("train", "test"), help="split to record")
+    p.add_argument("--split", default=d.split, choices=SPLITS, help="split to record")
     p.add_argument("--rate", type=float, default=d.rate_hz, help="frames per second")
     p.add_argument(
         "--sequence-gap", type=float, default=d.sequence_gap_s, help="seconds of silence between two sequences"
@@ -168,6 +188,12 @@ def _add_from_bag(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="share of the frames for test")
     p.add_argument("--block-seconds", type=float, default=d.block_seconds, help="split by time blocks this long")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        help="share of the training frames held out as val, by time blocks (0: none)",
+    )
 
 
 def _add_label_sfm(sub: argparse._SubParsersAction) -> None:
@@ -252,6 +278,8 @@ def _check(args: argparse.Namespace) -> None:
         if not Path(args.src).exists():
             raise UsageError(f"{args.src} not found; give the data set folder (or COLMAP images.txt)")
         check_output_folder(Path(args.out), "--out")
+        _check_val_fraction(args.val_fraction)
+        _check_at_least(args.val_block_frames, 1, "--val-block-frames")
     elif cmd == "synth":
         check_output_folder(Path(args.out), "--out")
     elif cmd == "fit":
@@ -278,6 +306,7 @@ def _check(args: argparse.Namespace) -> None:
             check_model_file(Path(args.model))
             if args.out:
                 _check_model_out(args.out, "--out")
+            _check_calibration_split(args)
         if cmd == "eval":
             _check_at_least(args.batch_size, 1, "--batch-size")
         if args.samples < 2:
@@ -307,6 +336,7 @@ def _check(args: argparse.Namespace) -> None:
         _check_at_least(args.every, 1, "--every")
         _check_split_options(args.test_fraction, args.block_seconds, "--block-seconds")
         check_seconds(args.block_seconds, "--block-seconds")
+        _check_val_fraction(args.val_fraction)
         for option, value in (
             ("--min-translation", args.min_translation),
             ("--min-rotation", args.min_rotation),
@@ -331,6 +361,31 @@ def _check(args: argparse.Namespace) -> None:
 def _check_at_least(value: int, least: int, option: str) -> None:
     if value < least:
         raise UsageError(f"{option} must be >= {least}, got {value}")
+
+
+def _check_val_fraction(value: float) -> None:
+    if not 0 <= value < 1:
+        raise UsageError(f"--val-fraction must be >= 0 and < 1 (the share of training frames for val), got {value}")
+
+
+def _check_calibration_split(args: argparse.Namespace) -> None:
+    """calibrate fits on val unless told otherwise; a data set without val frames is refused before
+    the model loads, with the way out (fitting on test would tune on the frames the figures are
+    then measured on)."""
+    from posenet_train.datasets import read_poses_csv, split_counts
+
+    counts = split_counts(read_poses_csv(args.dataset, check_images=False))
+    if args.split is None:
+        args.split = "val"
+        if not counts["val"]:
+            raise UsageError(
+                f"no 'val' frames in {args.dataset} ({counts['train']} train, {counts['test']} test); "
+                "calibrating on test would fit the frames it is then measured on: convert again "
+                "(convert, from-bag and synth --val-sequences write val frames), or give --split explicitly"
+            )
+    elif not counts[args.split]:
+        have = ", ".join(f"{n} {s}" for s, n in counts.items())
+        raise UsageError(f"no {args.split!r} frames in {args.dataset} ({have}); give --split a split it has")
 
 
 def _check_split_options(test_fraction: float, block: float, block_option: str) -> None:
@@ -373,6 +428,7 @@ def run(args: argparse.Namespace) -> int:
             scene_seed=args.scene_seed,
             train_sequences=args.train_sequences,
             test_sequences=args.test_sequences,
+            val_sequences=args.val_sequences,
             frames_per_sequence=args.frames,
             width=args.width,
             height=args.height,
@@ -384,7 +440,8 @@ def run(args: argparse.Namespace) -> int:
         )
         cfg.validate()
         records = render_dataset(cfg, Path(args.out))
-        print(f"wrote {len(records)} frames to {Path(args.out) / 'poses.csv'}")
+        counts = ", ".join(f"{sum(r.split == s for r in records)} {s}" for s in SPLITS)
+        print(f"wrote {len(records)} frames ({counts}) to {Path(args.out) / 'poses.csv'}")
     elif args.command == "fit":
         return _run_fit(args)
     elif args.command == "eval":
@@ -422,12 +479,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_convert(args: argparse.Namespace) -> None:
-    from posenet_train.datasets import convert, read_poses_csv
+    from posenet_train.datasets import convert_dataset
 
-    path = convert(args.src, args.format, args.out)
-    records = read_poses_csv(path, check_images=False)
-    counts = {s: sum(r.split == s for r in records) for s in ("train", "test")}
-    print(f"read {len(records)} frames from {args.src} ({counts['train']} train, {counts['test']} test)")
+    report = convert_dataset(args.src, args.format, args.out, args.val_fraction, args.val_block_frames)
+    path = report.path
+    for line in report.lines(args.src):
+        print(line)
     if args.format == "7scenes":
         dropped = seven_scenes_images_without_pose(Path(args.src))
         if dropped:
@@ -435,9 +492,15 @@ def _run_convert(args: argparse.Namespace) -> None:
                 f"dropped {len(dropped)} images without a pose.txt (first: {dropped[0]}); "
                 "7-Scenes needs frame-XXXXXX.pose.txt next to every frame-XXXXXX.color image"
             )
-    for split, n in counts.items():
-        if n == 0:
+    for split, n in report.kept.items():
+        if n == 0 and split != "val":
             print(f"warning: no {split} frames (fit needs train frames, eval test frames)")
+    if report.kept["val"] == 0 and args.val_fraction > 0:
+        print(
+            "warning: no val frames (each training sequence needs "
+            f"{max(2, round(1 / args.val_fraction)) * VAL_MIN_BLOCK_FRAMES} training frames or more for its val "
+            "blocks); calibrate needs --split then"
+        )
     print(f"wrote {path}")
 
 
@@ -517,13 +580,22 @@ def _run_from_bag(args: argparse.Namespace) -> None:
         args.blur_threshold,
         args.test_fraction,
         args.block_seconds,
+        args.val_fraction,
     )
     records, stats = bag_to_dataset(cfg)
-    tests = sum(r.split == "test" for r in records)
+    counts = {s: sum(r.split == s for r in records) for s in SPLITS}
     print(f"{stats.line()}")
-    print(f"wrote {len(records)} frames ({len(records) - tests} train, {tests} test) to {Path(args.out) / 'poses.csv'}")
-    if tests == 0:
+    if stats.beside_val:
+        print(
+            f"dropped {stats.beside_val} training frames beside the val blocks (a gap of {VAL_GAP_FRAMES} "
+            "frames each side, so no val frame neighbours a training frame)"
+        )
+    kept = ", ".join(f"{n} {s}" for s, n in counts.items())
+    print(f"wrote {len(records)} frames ({kept}) to {Path(args.out) / 'poses.csv'}")
+    if counts["test"] == 0:
         print("warning: no test frames (too few frames kept for the split)")
+    if counts["val"] == 0 and args.val_fraction > 0:
+        print("warning: no val frames (too few training frames for val blocks); calibrate needs --split then")
 
 
 def _run_label_sfm(args: argparse.Namespace) -> None:

@@ -9,12 +9,19 @@ Converters (each checks what it reads and names file and line on any problem):
 - Cambridge Landmarks: ``dataset_train.txt`` / ``dataset_test.txt``, 3 header lines, then
   ``seqK/frameNNNNN.png X Y Z W P Q R``: camera centre and the NVM world-to-camera quaternion.
 - COLMAP text model: ``images.txt`` (world-to-camera ``qvec``, ``tvec``; centre = -R^T t).
+
+Splits: ``train``, ``val`` and ``test``. ``val`` is for every choice made from data (calibration,
+tuning); ``test`` is looked at once, for the figures. None of the three formats has a validation
+split, so ``convert`` holds one out of the training sequences by time (``hold_out_val``): contiguous
+blocks of consecutive frames, with a gap of dropped frames either side so no val frame is a near
+duplicate of a training frame. Files written before ``val`` existed (train/test only) still load.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import os
 import re
@@ -28,13 +35,22 @@ from posenet_ros.atomic import atomic_path
 from posenet_ros.geometry import Pose, matrix_to_quat, quat_canonical, quat_conjugate, quat_rotate
 
 CSV_COLUMNS = ("image", "split", "x", "y", "z", "qw", "qx", "qy", "qz")
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 UNIT_TOLERANCE = 1e-3  # stored quaternions are printed with ~6 digits in some data sets
 # A norm this close to 1 is rounding in whoever normalized it: the quaternion is kept bit for bit, so
 # normalizing is idempotent and a CSV round trip exact (dividing by a norm one ulp off 1 changes every
 # component, and which ulp depends on the CPU's BLAS/SIMD kernel).
 UNIT_EXACT = 1e-12
+# The validation split converters hold out of the training sequences (``hold_out_val``): about this
+# share of each sequence's training frames, in blocks of this many consecutive frames (shorter in a
+# sequence too short for one cycle of blocks; a sequence with fewer training frames than
+# VAL_MIN_BLOCK_FRAMES per block of a cycle has none), with this many training frames dropped on
+# each side of a block.
+VAL_FRACTION = 0.1
+VAL_BLOCK_FRAMES = 50
+VAL_MIN_BLOCK_FRAMES = 10
+VAL_GAP_FRAMES = 5
 
 
 class DatasetError(ValueError):
@@ -141,10 +157,98 @@ def read_poses_csv(path: str | Path, check_images: bool = True) -> list[PoseReco
 
 
 def split_records(records: list[PoseRecord], split: str) -> list[PoseRecord]:
+    if split not in SPLITS:
+        raise DatasetError(f"split must be one of {SPLITS}, got {split!r}")
     chosen = [r for r in records if r.split == split]
     if not chosen:
         raise DatasetError(f"data set has no {split!r} images")
     return chosen
+
+
+def split_counts(records: list[PoseRecord]) -> dict[str, int]:
+    """Frames per split, every split named (0 where there are none)."""
+    return {s: sum(r.split == s for r in records) for s in SPLITS}
+
+
+# -- the validation split ------------------------------------------------------------------------
+
+
+def hold_out_val(
+    ticks: list[int], fraction: float, block: int, gap_frames: int, min_block_frames: int = VAL_MIN_BLOCK_FRAMES
+) -> list[str]:
+    """``'val'``, ``'gap'`` (to drop) or ``'train'`` for the training frames of one sequence at
+    ``ticks`` (ascending: frame indices, or stamps). Time is cut into blocks of ``block`` ticks and
+    every k-th block (k = round(1 / fraction)), starting with the middle one of the first k, is val;
+    a sequence shorter than k blocks gets shorter blocks. A sequence of fewer than
+    k * ``min_block_frames`` training frames has no val (its blocks would be a few frames). The
+    ``gap_frames`` training frames on either side of each val block are ``'gap'``: neighbouring
+    frames are near-duplicates, and a val frame next to a training frame would measure memory, not
+    generalization. Deterministic."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"val fraction must be in [0, 1), got {fraction}")
+    if block < 1 or min_block_frames < 1 or gap_frames < 0:
+        raise ValueError(
+            f"val blocks need block >= 1, min_block_frames >= 1, gap >= 0; "
+            f"got {block}, {min_block_frames}, {gap_frames}"
+        )
+    if any(b < a for a, b in itertools.pairwise(ticks)):
+        raise ValueError("hold_out_val needs ticks in ascending order")
+    out = ["train"] * len(ticks)
+    if fraction == 0 or not ticks:
+        return out
+    k = max(2, round(1 / fraction))
+    if len(ticks) < k * min_block_frames:
+        return out
+    size = min(block, -(-(ticks[-1] - ticks[0] + 1) // k))
+    val = [((t - ticks[0]) // size) % k == k // 2 for t in ticks]
+    for i, is_val in enumerate(val):
+        if is_val:
+            out[i] = "val"
+        elif any(val[max(0, i - gap_frames) : i + gap_frames + 1]):
+            out[i] = "gap"
+    return out
+
+
+def natural_key(name: str) -> list[object]:
+    """Sort key that orders ``frame2`` before ``frame10`` (digit runs compared as numbers)."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+@dataclass(frozen=True)
+class ValHoldOut:
+    records: list[PoseRecord]  # what is kept, in the input order
+    dropped_gap: int  # training frames dropped next to a val block
+
+
+def hold_out_val_records(
+    records: list[PoseRecord],
+    fraction: float = VAL_FRACTION,
+    block_frames: int = VAL_BLOCK_FRAMES,
+    gap_frames: int = VAL_GAP_FRAMES,
+    min_block_frames: int = VAL_MIN_BLOCK_FRAMES,
+) -> ValHoldOut:
+    """Hold out ``val`` blocks (``hold_out_val``) of each sequence's training frames, a sequence being
+    an image folder, its frames in (natural) name order; the tick of a frame is its index among all
+    the sequence's frames, so frames of other splits interleaved with the training ones (COLMAP's
+    every-8th test image) count as time passing. A data set that already has val rows is returned as
+    it is (the format's own validation split wins)."""
+    if any(r.split == "val" for r in records):
+        return ValHoldOut(list(records), 0)
+    by_sequence: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_sequence.setdefault(str(Path(r.image).parent), []).append(i)
+    label: dict[int, str] = {}
+    for members in by_sequence.values():
+        ordered = sorted(members, key=lambda i: natural_key(Path(records[i].image).name))
+        train = [(tick, i) for tick, i in enumerate(ordered) if records[i].split == "train"]
+        splits = hold_out_val([t for t, _ in train], fraction, block_frames, gap_frames, min_block_frames)
+        label.update({i: s for (_, i), s in zip(train, splits, strict=True)})
+    kept = [
+        r if label.get(i, r.split) == r.split else PoseRecord(r.image, "val", r.position, r.quaternion)
+        for i, r in enumerate(records)
+        if label.get(i) != "gap"
+    ]
+    return ValHoldOut(kept, len(records) - len(kept))
 
 
 # -- 7-Scenes ----------------------------------------------------------------------------------
@@ -271,8 +375,45 @@ def read_colmap_images(path: Path, test_every: int = 8) -> list[PoseRecord]:
 READERS = {"7scenes": read_seven_scenes, "cambridge": read_cambridge, "colmap": read_colmap_images}
 
 
-def convert(src: str | Path, fmt: str, out: str | Path) -> Path:
-    """Read ``src`` in ``fmt`` and write ``out/poses.csv``. Images are not copied: the CSV points at
+@dataclass(frozen=True)
+class ConvertReport:
+    path: Path  # the poses.csv written
+    read: dict[str, int]  # frames per split as the format gave them
+    kept: dict[str, int]  # frames per split written
+    dropped_gap: int  # training frames dropped next to a held-out val block
+
+    def lines(self, src: str | Path) -> list[str]:
+        read = ", ".join(f"{n} {s}" for s, n in self.read.items() if n or s != "val")
+        kept = ", ".join(f"{n} {s}" for s, n in self.kept.items())
+        out = [f"read {sum(self.read.values())} frames from {src} ({read})", f"kept {kept}"]
+        if self.dropped_gap:
+            out.append(
+                f"dropped {self.dropped_gap} training frames beside the val blocks (a gap of "
+                f"{VAL_GAP_FRAMES} frames each side, so no val frame neighbours a training frame)"
+            )
+        return out
+
+
+def convert(
+    src: str | Path,
+    fmt: str,
+    out: str | Path,
+    val_fraction: float = VAL_FRACTION,
+    val_block_frames: int = VAL_BLOCK_FRAMES,
+) -> Path:
+    """Read ``src`` in ``fmt`` and write ``out/poses.csv`` (``convert_dataset`` without the report)."""
+    return convert_dataset(src, fmt, out, val_fraction, val_block_frames).path
+
+
+def convert_dataset(
+    src: str | Path,
+    fmt: str,
+    out: str | Path,
+    val_fraction: float = VAL_FRACTION,
+    val_block_frames: int = VAL_BLOCK_FRAMES,
+) -> ConvertReport:
+    """Read ``src`` in ``fmt``, hold out a val split of the training sequences (``hold_out_val_records``;
+    ``val_fraction`` 0: none) and write ``out/poses.csv``. Images are not copied: the CSV points at
     the originals by relative path. Readers return absolute image paths."""
     if fmt not in READERS:
         raise DatasetError(f"unknown format {fmt!r}; use one of {', '.join(READERS)}")
@@ -280,9 +421,11 @@ def convert(src: str | Path, fmt: str, out: str | Path) -> Path:
     if not src.exists():
         raise DatasetError(f"{src}: no such file or folder")
     records = READERS[fmt](src)
+    held = hold_out_val_records(records, val_fraction, val_block_frames)
     out.mkdir(parents=True, exist_ok=True)
-    rebased = [PoseRecord(os.path.relpath(r.image, out), r.split, r.position, r.quaternion) for r in records]
-    return write_poses_csv(out / "poses.csv", rebased)
+    rebased = [PoseRecord(os.path.relpath(r.image, out), r.split, r.position, r.quaternion) for r in held.records]
+    path = write_poses_csv(out / "poses.csv", rebased)
+    return ConvertReport(path, split_counts(records), split_counts(held.records), held.dropped_gap)
 
 
 def positions(records: list[PoseRecord]) -> np.ndarray:

@@ -277,6 +277,9 @@ class SynthConfig:
     scene_seed: int = 0
     train_sequences: int = 4
     test_sequences: int = 2
+    # Validation trajectories: rendered after the test ones (folders and seeds of train and test do
+    # not move with this count, so adding val leaves every train and test frame as it was).
+    val_sequences: int = 0
     frames_per_sequence: int = 250
     width: int = 320
     height: int = 240
@@ -292,7 +295,16 @@ class SynthConfig:
         checks = [
             (self.train_sequences >= 0, f"--train-sequences must be >= 0, got {self.train_sequences}"),
             (self.test_sequences >= 0, f"--test-sequences must be >= 0, got {self.test_sequences}"),
-            (self.train_sequences + self.test_sequences >= 1, "give at least one train or test sequence"),
+            (self.val_sequences >= 0, f"--val-sequences must be >= 0, got {self.val_sequences}"),
+            (
+                self.train_sequences + self.test_sequences + self.val_sequences >= 1,
+                "give at least one train, test or val sequence",
+            ),
+            # Trajectory seeds: train seed*1000 + i, val + 250 + i, test + 500 + i; none may repeat.
+            (
+                self.train_sequences <= 250 and self.val_sequences <= 250 and self.test_sequences <= 500,
+                "at most 250 train, 250 val and 500 test sequences (their trajectory seeds would repeat)",
+            ),
             (self.frames_per_sequence >= 2, f"--frames must be >= 2 per sequence, got {self.frames_per_sequence}"),
             (
                 self.width >= 16 and self.height >= 16,
@@ -311,8 +323,9 @@ class SynthConfig:
 
 
 def render_dataset(cfg: SynthConfig, out: Path, progress: bool = True) -> list[PoseRecord]:
-    """Render train and test sequences into ``out`` in the canonical layout (``poses.csv``), plus a
-    ``scene.json`` describing the scene, and optionally the 7-Scenes layout next to it."""
+    """Render train, test and val sequences into ``out`` in the canonical layout (``poses.csv``), plus
+    a ``scene.json`` describing the scene, and optionally the 7-Scenes layout next to it (which has
+    no validation list: val sequences are in neither split file)."""
     from tqdm import tqdm
 
     cfg.validate()
@@ -322,6 +335,7 @@ def render_dataset(cfg: SynthConfig, out: Path, progress: bool = True) -> list[P
     renderer = Renderer(scene, camera)
     sequences = [("train", cfg.seed * 1000 + i) for i in range(cfg.train_sequences)]
     sequences += [("test", cfg.seed * 1000 + 500 + i) for i in range(cfg.test_sequences)]
+    sequences += [("val", cfg.seed * 1000 + 250 + i) for i in range(cfg.val_sequences)]
     records: list[PoseRecord] = []
     total = len(sequences) * cfg.frames_per_sequence
     bar = tqdm(total=total, desc="render", unit="frame", disable=not progress)

@@ -254,7 +254,11 @@ def test_fit_itself_checks_pretrained_before_loading_images(scene: Path, tmp_pat
     [
         (["--frames", "0"], "--frames must be >= 2"),
         (["--train-sequences", "-1"], "--train-sequences must be >= 0"),
-        (["--train-sequences", "0", "--test-sequences", "0"], "at least one train or test sequence"),
+        (
+            ["--train-sequences", "0", "--test-sequences", "0", "--val-sequences", "0"],
+            "at least one train, test or val",
+        ),
+        (["--val-sequences", "-1"], "--val-sequences must be >= 0"),
         (["--hfov", "200"], "--hfov must be in (0, 180)"),
     ],
 )
@@ -279,6 +283,16 @@ def test_synth_refuses_what_would_render_nothing(args, fragment, tmp_path: Path,
         (["to-bag", "SCENE", "--out", "NEW", "--rate", "0"], ("--rate must be between",)),
         (["from-bag", "SCENE", "--out", "RUN", "--gt-frames", "map", "cam"], ("is a data set (poses.csv), not a bag",)),
         (["calibrate", "CHECKPOINT", "SCENE"], ("is a training checkpoint", "posenet-train export")),
+        # calibrate fits on val by default; the scene has test frames only (issue 18).
+        (
+            ["calibrate", "MODEL", "SCENE"],
+            ("no 'val' frames in", "(0 train, 8 test)", "convert again", "--split explicitly"),
+        ),
+        (["calibrate", "MODEL", "SCENE", "--split", "train"], ("no 'train' frames in", "0 val, 8 test")),
+        (
+            ["convert", "SCENE", "--format", "7scenes", "--out", "RUN", "--val-fraction", "1"],
+            ("--val-fraction must be",),
+        ),
     ],
 )
 def test_posenet_train_path_mistakes(argv, fragments, scene: Path, checkpoint: Path, tmp_path, capsys, monkeypatch):

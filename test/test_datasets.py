@@ -13,11 +13,15 @@ from posenet_ros.geometry import Pose, quat_canonical, quat_conjugate, quat_rota
 from posenet_train.cli import main as train_main
 from posenet_train.datasets import (
     CSV_COLUMNS,
+    VAL_GAP_FRAMES,
     DatasetError,
     PoseRecord,
     checked_quaternion,
     convert,
+    convert_dataset,
+    natural_key,
     read_poses_csv,
+    split_records,
     write_poses_csv,
 )
 
@@ -117,9 +121,9 @@ def test_seven_scenes_round_trip(tmp_path: Path, ext: str) -> None:
     assert records[0].image == f"../src/seq-01/frame-000000.color{ext}"
 
 
-def make_cambridge(root: Path, poses: list[Pose]) -> None:
+def make_cambridge(root: Path, poses: list[Pose], n_train: int = 6) -> None:
     header = "Visual Landmark Dataset V1\nImageFile, Camera Position [X Y Z W P Q R]\n\n"
-    for split, chunk in (("train", poses[:6]), ("test", poses[6:])):
+    for split, chunk in (("train", poses[:n_train]), ("test", poses[n_train:])):
         lines = []
         for i, pose in enumerate(chunk):
             name = f"seq{1 if split == 'train' else 2}/frame{i + 1:05d}.png"
@@ -218,7 +222,7 @@ def test_colmap_errors(tmp_path: Path) -> None:
     ("row", "message"),
     [
         ("a.png,train,1,2,3,1,0,0", "expected 9 columns"),
-        ("a.png,val,1,2,3,1,0,0,0", "split must be one of"),
+        ("a.png,valid,1,2,3,1,0,0,0", "split must be one of"),
         ("a.png,train,1,2,3,0.5,0,0,0", "not unit length"),
         ("a.png,train,1,inf,3,1,0,0,0", "non-finite"),
         ("b.png,train,1,2,3,1,0,0,0", "'b.png' not found"),
@@ -250,3 +254,115 @@ def test_converted_rotation_is_the_camera_to_world_one(tmp_path: Path) -> None:
     records = read_poses_csv(convert(tmp_path / "src", "cambridge", tmp_path / "out"))
     np.testing.assert_allclose(quat_to_matrix(records[0].quaternion)[:, 2], [1.0, 0.0, 0.0], atol=1e-12)
     assert rotation_error_deg(records[0].quaternion, pose.quaternion) < 1e-6
+
+
+# -- the validation split (issue 18) ---------------------------------------------------------------
+
+
+def test_val_split_round_trips_and_old_files_still_load(tmp_path: Path) -> None:
+    poses = known_poses(9, seed=6)
+    splits = ["train", "val", "test"] * 3
+    records = [
+        PoseRecord(f"img{i}.png", s, p.position, p.quaternion)
+        for i, (s, p) in enumerate(zip(splits, poses, strict=True))
+    ]
+    for r in records:
+        tiny_image(tmp_path / r.image)
+    write_poses_csv(tmp_path / "poses.csv", records)
+    back = read_poses_csv(tmp_path)
+    assert [r.split for r in back] == splits
+    assert [r.image for r in split_records(back, "val")] == ["img1.png", "img4.png", "img7.png"]
+    # A file written before val existed: train and test only, read as before; asking it for val
+    # says so in one line.
+    old = tmp_path / "old"
+    old.mkdir()
+    tiny_image(old / "a.png")
+    (old / "poses.csv").write_text(",".join(CSV_COLUMNS) + "\na.png,train,0,0,0,1,0,0,0\na.png,test,1,0,0,1,0,0,0\n")
+    assert [r.split for r in read_poses_csv(old)] == ["train", "test"]
+    with pytest.raises(DatasetError, match="no 'val' images"):
+        split_records(read_poses_csv(old), "val")
+
+
+def sequence_layout(src_names: list[str], records: list[PoseRecord]) -> dict[str, list[str]]:
+    """Per sequence (image folder), the split of every source frame (``folder/name``) in name order;
+    '-' where the converter dropped it."""
+    split_of = {"/".join(Path(r.image).parts[-2:]): r.split for r in records}
+    by_seq: dict[str, list[str]] = {}
+    for name in sorted(src_names, key=lambda n: (str(Path(n).parent), natural_key(Path(n).name))):
+        by_seq.setdefault(str(Path(name).parent), []).append(split_of.get(name, "-"))
+    return by_seq
+
+
+def blocks_of(layout: list[str], split: str) -> list[tuple[int, int]]:
+    out, start = [], None
+    for i, s in enumerate([*layout, None]):
+        if s == split and start is None:
+            start = i
+        elif s != split and start is not None:
+            out.append((start, i))
+            start = None
+    return out
+
+
+def check_val_blocks(layout: list[str]) -> None:
+    """Among the frames that are not test (COLMAP interleaves those): val comes in contiguous blocks,
+    every training frame is more than the gap away from any val frame, and the frames in between
+    were dropped."""
+    layout = [s for s in layout if s != "test"]
+    val = [i for i, s in enumerate(layout) if s == "val"]
+    train = [i for i, s in enumerate(layout) if s == "train"]
+    assert val and all(min(abs(v - t) for v in val) > VAL_GAP_FRAMES for t in train)
+    for a, b in blocks_of(layout, "val"):
+        assert b - a >= 10  # blocks, not scattered frames
+        assert set(layout[max(0, a - VAL_GAP_FRAMES) : a] + layout[b : b + VAL_GAP_FRAMES]) <= {"-"}
+
+
+def test_seven_scenes_holds_val_blocks_out_of_the_training_sequence(tmp_path: Path, capsys) -> None:
+    poses = known_poses(400, seed=7)  # seq-01 (train) and seq-02 (test), 200 frames each
+    make_seven_scenes(tmp_path / "src", poses)
+    report = convert_dataset(tmp_path / "src", "7scenes", tmp_path / "out")
+    records = read_poses_csv(report.path)
+    layout = sequence_layout([f"seq-01/frame-{i:06d}.color.png" for i in range(200)], records)["seq-01"]
+    check_val_blocks(layout)
+    assert layout.count("val") == 20 and layout.count("-") == 2 * VAL_GAP_FRAMES  # 10% of 200
+    assert [r.split for r in records if "seq-02" in r.image] == ["test"] * 200  # test untouched
+    assert report.read == {"train": 200, "val": 0, "test": 200}
+    assert report.kept == {"train": 170, "val": 20, "test": 200} and report.dropped_gap == 10
+    # Poses are carried through unchanged, and the split is deterministic.
+    by_image = {"/".join(Path(r.image).parts[-2:]): r for r in records}
+    kept = [(f"seq-01/frame-{i:06d}.color.png", p) for i, p in enumerate(poses[:200])]
+    kept = [(name, p) for name, p in kept if name in by_image]
+    assert_same_poses([by_image[name] for name, _ in kept], [p for _, p in kept])
+    first = report.path.read_bytes()
+    assert convert(tmp_path / "src", "7scenes", tmp_path / "again").read_bytes() == first
+    # The command says what it read, kept per split and dropped with why.
+    assert train_main(["convert", str(tmp_path / "src"), "--format", "7scenes", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "read 400 frames" in out and "kept 170 train, 20 val, 200 test" in out
+    assert f"dropped 10 training frames beside the val blocks (a gap of {VAL_GAP_FRAMES} frames" in out
+    # --val-fraction 0: no val, nothing dropped (the files as before).
+    assert train_main(["convert", str(tmp_path / "src"), "--format", "7scenes", "--out", str(tmp_path / "n"),
+                       "--val-fraction", "0"]) == 0  # fmt: skip
+    assert {r.split for r in read_poses_csv(tmp_path / "n")} == {"train", "test"}
+
+
+def test_cambridge_holds_val_blocks_out_of_each_training_sequence(tmp_path: Path) -> None:
+    poses = known_poses(1100, seed=8)
+    make_cambridge(tmp_path / "src", poses, n_train=1000)  # seq1: 1000 train frames, seq2: 100 test
+    records = read_poses_csv(convert(tmp_path / "src", "cambridge", tmp_path / "out"))
+    layout = sequence_layout([f"seq1/frame{i + 1:05d}.png" for i in range(1000)], records)["seq1"]
+    check_val_blocks(layout)
+    # Two blocks of 50 frames in 1000: 10% of the training frames, each block a contiguous run.
+    assert blocks_of(layout, "val") == [(250, 300), (750, 800)]
+    assert sum(r.split == "test" for r in records) == 100
+
+
+def test_colmap_holds_val_blocks_out_by_image_order(tmp_path: Path) -> None:
+    poses = known_poses(240, seed=9)
+    make_colmap(tmp_path / "src", poses)
+    records = read_poses_csv(convert(tmp_path / "src", "colmap", tmp_path / "out"))
+    layout = sequence_layout([f"images/img {i:03d}.jpg" for i in range(240)], records)["images"]
+    check_val_blocks(layout)
+    assert sum(r.split == "test" for r in records) == 30  # every 8th image by name, as before
+    assert all(layout[k] == "test" for k in range(7, 240, 8))
+    assert 0.08 <= layout.count("val") / (240 - 30) <= 0.12

@@ -151,3 +151,36 @@ def test_alignment_by_scale_and_refusal_without_shared_frames(tmp_path: Path) ->
 
     with pytest.raises(SfmError, match="only 0 reconstructed images"):
         align(poses, None, tmp_path / "gt.csv")
+
+
+def test_from_bag_holds_val_blocks_out_of_the_training_time(tmp_path: Path, capsys) -> None:
+    """``--val-fraction``: whole time blocks of the training part become val, the frames within the
+    gap on either side are dropped (their images too), the test blocks are what they were without
+    val, and the command says what it kept and dropped (issue 18)."""
+    from posenet_train.datasets import VAL_GAP_FRAMES
+
+    cfg = SynthConfig(train_sequences=0, test_sequences=1, frames_per_sequence=120, width=48, height=36)
+    render_dataset(cfg, tmp_path / "data", progress=False)
+    dataset_to_bag(ToBagConfig(tmp_path / "data", tmp_path / "bag", rate_hz=10.0, storage="mcap"))
+    argv = ["from-bag", str(tmp_path / "bag"), "--gt-frames", "map", "camera_optical", "--block-seconds", "1"]
+    assert train_main([*argv, "--out", str(tmp_path / "v")]) == 0  # --val-fraction 0.1 by default
+    out = capsys.readouterr().out
+    assert "wrote 110 frames (80 train, 10 val, 20 test)" in out
+    assert f"dropped {2 * VAL_GAP_FRAMES} training frames beside the val blocks" in out
+    assert train_main([*argv, "--out", str(tmp_path / "n"), "--val-fraction", "0"]) == 0
+    assert "wrote 120 frames (100 train, 0 val, 20 test)" in capsys.readouterr().out
+    with_val = {r.image: r.split for r in read_poses_csv(tmp_path / "v")}
+    without = {r.image: r.split for r in read_poses_csv(tmp_path / "n")}
+    layout = [with_val.get(name, "-") for name in sorted(without)]  # stamp order (equal-length names)
+    assert [s for s in layout if s == "test"] == [s for s in without.values() if s == "test"]
+    assert {n for n, s in with_val.items() if s == "test"} == {n for n, s in without.items() if s == "test"}
+    # One contiguous 1 s block (10 frames) of val, the gap frames beside it gone from disk too.
+    first, last = layout.index("val"), len(layout) - layout[::-1].index("val")
+    assert last - first == 10 and set(layout[first:last]) == {"val"}
+    assert layout[first - VAL_GAP_FRAMES : first] == ["-"] * VAL_GAP_FRAMES
+    assert layout[last : last + VAL_GAP_FRAMES] == ["-"] * VAL_GAP_FRAMES
+    assert len(list((tmp_path / "v" / "images").iterdir())) == 110
+    # An impossible share is one line before any frame is read.
+    assert train_main([*argv, "--out", str(tmp_path / "x"), "--val-fraction", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--val-fraction must be" in err and "\n" not in err

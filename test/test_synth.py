@@ -129,3 +129,27 @@ def test_render_dataset_writes_canonical_and_seven_scenes(tmp_path: Path) -> Non
     render_dataset(cfg, tmp_path / "again", progress=False)
     first = (tmp_path / "synth" / records[4].image).read_bytes()
     assert first == (tmp_path / "again" / records[4].image).read_bytes()
+
+
+def test_val_sequences_come_after_test_and_change_no_other_frame(tmp_path: Path, capsys) -> None:
+    """``synth --val-sequences N`` adds N trajectories in the val split after the test ones: the
+    train and test rows (and pixels) are those of the same command without val, bit for bit."""
+    from posenet_train.cli import main as train_main
+
+    common = ["--train-sequences", "1", "--test-sequences", "1", "--frames", "3", "--width", "32", "--height", "24"]
+    assert train_main(["synth", "--out", str(tmp_path / "v"), *common, "--val-sequences", "2"]) == 0
+    assert "(3 train, 6 val, 3 test)" in capsys.readouterr().out
+    assert train_main(["synth", "--out", str(tmp_path / "n"), *common, "--val-sequences", "0"]) == 0
+    with_val = (tmp_path / "v" / "poses.csv").read_text().splitlines()
+    without = (tmp_path / "n" / "poses.csv").read_text().splitlines()
+    assert with_val[: len(without)] == without
+    vals = read_poses_csv(tmp_path / "v")[len(without) - 1 :]
+    assert [r.split for r in vals] == ["val"] * 6 and {Path(r.image).parent.name for r in vals} == {"seq-03", "seq-04"}
+    for name in ("seq-01/frame-000002.color.png", "seq-02/frame-000001.color.png"):
+        assert (tmp_path / "v" / name).read_bytes() == (tmp_path / "n" / name).read_bytes()
+    # Their own trajectories: no val pose is a train or test pose.
+    others = read_poses_csv(tmp_path / "n")
+    assert all(min(np.linalg.norm(v.position - o.position) for o in others) > 1e-3 for v in vals)
+    # The CLI renders one val trajectory unless told otherwise, so calibrate has frames to fit on.
+    assert train_main(["synth", "--out", str(tmp_path / "d"), *common]) == 0
+    assert sum(r.split == "val" for r in read_poses_csv(tmp_path / "d")) == 3

@@ -149,7 +149,7 @@ def test_calibration_is_stored_in_the_contract_and_applied(mc_file: Path, tmp_pa
 def test_calibrate_and_eval_uncertainty_commands(mc_file: Path, tmp_path: Path, capsys) -> None:
     data = tmp_path / "data"
     render_dataset(
-        SynthConfig(train_sequences=0, test_sequences=1, frames_per_sequence=12, width=96, height=72),
+        SynthConfig(train_sequences=0, test_sequences=1, val_sequences=1, frames_per_sequence=12, width=96, height=72),
         data,
         progress=False,
     )
@@ -157,9 +157,11 @@ def test_calibrate_and_eval_uncertainty_commands(mc_file: Path, tmp_path: Path, 
     assert train_main(["calibrate", str(mc_file), str(data), "--samples", "16", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "variance scale: position" in printed and "after:" in printed
+    assert "(val, 12 frames)" in printed  # fitted on val by default, never on test (issue 18)
     assert "mc_dropout" in load_model(out)[1].calibration
     report = tmp_path / "eval"
     args = ["eval", str(out), str(data), "--no-baseline", "--uncertainty", "--samples", "16", "--out", str(report)]
+    args += ["--split", "val"]
     assert train_main([*args, "--ood", str(data)]) == 0
     summary = json.loads((report / "summary.json").read_text())
     for key in ("coverage_position_95", "coverage_orientation_95", "nees_position", "spearman_position"):
