@@ -18,6 +18,12 @@ Cases:
    precision moves the pose from fp32 on the same frames. Without CUDA it is reported as not
    measured; ``--gpu-device cpu`` runs the same case on the CPU (fp32 timing, reduced-precision
    numerics only), which is how it is tested on machines without a GPU.
+
+Case 1 also races each precision this CPU runs (issue 16): fp32 (the float32 paths), bf16 on CPUs
+with native bf16 (torchscript, ``precision bf16``; elsewhere reported as not native, with the
+engine's reason), int8 (onnxruntime-int8), and the engine with ``precision auto``, whose choice
+and reason are reported; and on the same frames, how far bf16 and int8 move each frame's pose
+from fp32 (median and max, mm and degrees). The machine section reports the CPU's ISA.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +51,7 @@ from posenet_ros.engine import (
     EngineError,
     cast_frozen_constants,
     cpu_bf16_support,
+    cpu_flags,
     load_model,
     resolve_device,
 )
@@ -63,6 +70,28 @@ FLOAT_PATHS = ("torchscript", "onnxruntime")
 CROP_COUNTS = (1, 8, 32, 128)
 BUDGETS_MS = (50.0, 100.0)
 GPU_CROPS = 128  # the H100 target's dense-crop count
+# The ISA names the machine section reports, each from the /proc/cpuinfo flags it needs.
+ISA_FLAGS = (
+    ("AVX2", ("avx2",)),
+    ("AVX-512", ("avx512f",)),
+    ("AVX512-VNNI", ("avx512_vnni",)),
+    ("AVX512-BF16", ("avx512_bf16",)),
+    ("AMX-BF16", ("amx_tile", "amx_bf16")),
+    ("AMX-INT8", ("amx_tile", "amx_int8")),
+)
+BF16_PATH = "torchscript-bf16"  # case 1's bf16 row: the torchscript engine with precision bf16
+AUTO_PATH = "auto"  # case 1's row of the engine with precision auto
+AGREEMENT_FRAMES = 16
+
+
+def cpu_isa(flags: set[str] | None = None) -> dict[str, Any]:
+    """Which of ``ISA_FLAGS`` this CPU has (``flags``: default /proc/cpuinfo's), and a summary
+    line; None per ISA where the flags cannot be read (not Linux)."""
+    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        return {**{name: None for name, _ in ISA_FLAGS}, "summary": "unknown (no /proc/cpuinfo flags)"}
+    have = {name: all(f in flags for f in needed) for name, needed in ISA_FLAGS}
+    return {**have, "summary": ", ".join(name for name, ok in have.items() if ok) or "none of " + "/".join(have)}
 
 
 def synthetic_frames(n: int, height: int = 480, width: int = 640, seed: int = 0) -> list[np.ndarray]:
@@ -181,12 +210,16 @@ class Bench:
     def __init__(self, cfg: BenchConfig, workdir: Path) -> None:
         self.cfg = cfg
         torch.set_num_threads(cfg.threads)
+        self.notes: list[str] = []
         model = cfg.model
         if model is None:
             torch.manual_seed(0)
             model = export_torchscript(PoseNet(), Contract(), workdir / "posenet_224.pt")
+            self.notes.append(
+                "bf16/int8 agreement with fp32 (and auto's) measured on a fresh random-weight PoseNet, whose "
+                "outputs hardly vary: pass --model a trained model (models/posenet_demo.pt) for meaningful figures"
+            )
         self.model_paths = {"torchscript": Path(model)}
-        self.notes: list[str] = []
         try:
             from posenet_ros.onnx_export import export_onnx, quantize_onnx
 
@@ -208,13 +241,27 @@ class Bench:
             if name in cfg.backends
         }
         self.spec = next(iter(self.engines.values())).contract.preprocessing
+        # Per precision (issue 16): bf16 where the engine runs it natively, and precision auto.
+        self.bf16_refusal: str | None = None
+        self.precision_engines: dict[str, Engine] = {}
+        if "torchscript" in self.engines:
+            model_path = self.model_paths["torchscript"]
+            config = EngineConfig(backend="torchscript", device="cpu", threads=cfg.threads, crops=1, max_crops=128)
+            try:
+                self.precision_engines[BF16_PATH] = Engine(model_path, replace(config, precision="bf16"))
+            except EngineError as exc:  # a CPU without native bf16: the engine refuses it in one line
+                self.bf16_refusal = f"not native: {first_line(exc)}"
+            self.precision_engines[AUTO_PATH] = Engine(model_path, replace(config, precision="auto"))
+        else:
+            self.bf16_refusal = "not measured: needs the torchscript backend (--backends)"
         # Timing only: the baseline runs the same architecture eagerly (weights do not change cost).
         self.baseline = PublicPortBaseline(self.spec, PoseNet())
 
     def end_to_end(self, width: int, height: int) -> dict[str, Any]:
         frames = [encode_image(f, "bgr8") for f in synthetic_frames(8, height, width)]
-        paths = message_paths(self.baseline, self.engines)
+        paths = message_paths(self.baseline, {**self.engines, **self.precision_engines})
         t = time_interleaved(paths, frames, self.cfg.iterations)
+        extra = {name: t.pop(name) for name in self.precision_engines}  # not in "paths": it keeps its rows
         base = t["baseline"]
         out: dict[str, Any] = {"baseline_ms": base.median_ms, "baseline_p95_ms": base.p95_ms}
         floats = [n for n in self.engines if n in FLOAT_PATHS]
@@ -231,6 +278,67 @@ class Bench:
             int8 = t["onnxruntime-int8"]
             out.update(int8_ms=int8.median_ms, int8_p95_ms=int8.p95_ms, int8_ratio=base.median_ms / int8.median_ms)
         out["paths"] = {name: timing.as_dict() for name, timing in t.items()}
+        out["precisions"] = self._precision_rows(base, t, extra)
+        if AUTO_PATH in extra:
+            auto = extra[AUTO_PATH]
+            out.update(auto_ms=auto.median_ms, auto_p95_ms=auto.p95_ms, auto_ratio=base.median_ms / auto.median_ms)
+        return out
+
+    def _precision_rows(self, base: Timing, t: dict[str, Timing], extra: dict[str, Timing]) -> dict[str, Any]:
+        """Case 1 per precision: its timed path, median/p95 and speed-up over the baseline of the same
+        race; a precision this CPU does not run says why; auto names the precision it runs."""
+
+        def row(path: str, timing: Timing) -> dict[str, Any]:
+            return {"path": path, **timing.as_dict(), "ratio": base.median_ms / timing.median_ms}
+
+        rows: dict[str, Any] = {}
+        floats = [n for n in FLOAT_PATHS if n in t]
+        if floats:
+            best = min(floats, key=lambda n: t[n].median_ms)
+            rows["fp32"] = row(best, t[best])
+        if BF16_PATH in extra:
+            rows["bf16"] = {"native": cpu_bf16_support(), **row(BF16_PATH, extra[BF16_PATH])}
+            if "torchscript" in t:  # the same backend in fp32: what bf16 itself buys
+                rows["bf16"]["speedup_over_fp32_torchscript"] = t["torchscript"].median_ms / extra[BF16_PATH].median_ms
+        else:
+            rows["bf16"] = {"native": None, "reason": self.bf16_refusal}
+        if "onnxruntime-int8" in t:
+            rows["int8"] = row("onnxruntime-int8", t["onnxruntime-int8"])
+        else:
+            rows["int8"] = {"reason": "not measured: needs the onnxruntime-int8 backend (--backends) and onnxruntime"}
+        if AUTO_PATH in extra:
+            rows["auto"] = {
+                "precision": self.precision_engines[AUTO_PATH].precision,
+                **row(AUTO_PATH, extra[AUTO_PATH]),
+            }
+        return rows
+
+    def auto_choice(self) -> dict[str, Any]:
+        """What precision auto picked at start-up and why (the engine's own figures)."""
+        engine = self.precision_engines.get(AUTO_PATH)
+        if engine is None:
+            return {"measured": False, "reason": "needs the torchscript backend (--backends)"}
+        trials = {name: asdict(trial) for name, trial in engine.precision_trials.items()}
+        return {"measured": True, "precision": engine.precision, "reason": engine.precision_reason, "trials": trials}
+
+    def agreement(self, frames: int = AGREEMENT_FRAMES) -> dict[str, Any]:
+        """Per frame, how far bf16 (against fp32 torchscript) and int8 (against fp32 onnxruntime) move
+        the pose on the same 640x480 frames, centre crop, through the engines case 1 times."""
+        images = synthetic_frames(frames, seed=1)
+        pairs = {"bf16": ("torchscript", BF16_PATH), "int8": ("onnxruntime", "onnxruntime-int8")}
+        engines = {**self.engines, **self.precision_engines}
+        out: dict[str, Any] = {}
+        for precision, (ref, low) in pairs.items():
+            if ref not in engines or low not in engines:
+                reason = self.bf16_refusal if precision == "bf16" and low not in engines else None
+                out[precision] = {"measured": False, "reason": reason or f"needs the {ref} and {low} paths"}
+                continue
+            out[precision] = {
+                "measured": True,
+                "reference": ref,
+                "path": low,
+                **pose_agreement(engines[ref], engines[low], images),
+            }
         return out
 
     def preprocessing(self, width: int = 640, height: int = 480) -> dict[str, Any]:
@@ -409,11 +517,35 @@ class Bench:
             "device": "cpu",
             "dtype": "fp32",  # every path but onnxruntime-int8
             "cpu_native_bf16": cpu_bf16_support(),  # AMX-BF16, AVX512-BF16 or None
+            "isa": cpu_isa(),  # AVX2 / AVX-512 / AVX512-VNNI / AVX512-BF16 / AMX-BF16 / AMX-INT8, from the flags
             "int8_path": "onnxruntime QDQ: int8 per-channel weights, uint8 activations"
             if "onnxruntime-int8" in self.engines
             else None,
             "model_input": f"{self.spec.input_width}x{self.spec.input_height}",
         }
+
+
+def pose_agreement(reference: Engine, engine: Engine, frames: list[np.ndarray]) -> dict[str, Any]:
+    """Per-frame deviation of ``engine``'s pose from ``reference``'s on the same bgr8 ``frames``
+    (centre crop): median and max, in mm and degrees; frames either engine drops are counted."""
+    moved, turned, dropped = [], [], 0
+    for frame in frames:
+        try:
+            a, b = reference.localize(frame, "bgr8", crops=1).pose, engine.localize(frame, "bgr8", crops=1).pose
+        except EngineError:  # a non-finite output
+            dropped += 1
+            continue
+        moved.append(float(np.linalg.norm(a.position - b.position)) * 1000.0)
+        turned.append(float(rotation_error_deg(a.quaternion, b.quaternion)))
+    out: dict[str, Any] = {"frames": len(frames), "dropped": dropped}
+    if moved:
+        out.update(
+            position_median_mm=float(np.median(moved)),
+            position_max_mm=max(moved),
+            rotation_median_deg=float(np.median(turned)),
+            rotation_max_deg=max(turned),
+        )
+    return out
 
 
 def precision_agreement(
@@ -485,6 +617,11 @@ def run_suite(cfg: BenchConfig, cases: tuple[str, ...]) -> dict[str, Any]:
             # The headline: 640x480, as the issue and the README quote it.
             headline = ("ours_ms", "baseline_ms", "ratio", "int8_ms", "int8_ratio")
             results.update({k: v for k, v in results["end_to_end"]["640x480"].items() if k in headline})
+            results["auto"] = bench.auto_choice()
+            if "auto_ms" in results["end_to_end"]["640x480"]:
+                results.update(auto_ms=results["end_to_end"]["640x480"]["auto_ms"])
+                results.update(auto_ratio=results["end_to_end"]["640x480"]["auto_ratio"])
+            results["agreement_with_fp32"] = bench.agreement()
         if "preprocess" in cases:
             results["preprocess"] = bench.preprocessing()
         if "crops" in cases:
@@ -505,7 +642,8 @@ def run_suite(cfg: BenchConfig, cases: tuple[str, ...]) -> dict[str, Any]:
 def format_results(r: dict[str, Any]) -> str:
     lines = [
         f"posenet_ros benchmark: {r['cpu']} ({r['cores']} cores), {r['threads']} threads, torch {r['torch']}, "
-        f"onnxruntime {r['onnxruntime']}, {r['device']} {r['dtype']}, model input {r['model_input']}"
+        f"onnxruntime {r['onnxruntime']}, {r['device']} {r['dtype']}, model input {r['model_input']}",
+        f"   ISA: {r['isa']['summary']}; native bf16: {r['cpu_native_bf16'] or 'none'}",
     ]
     for size, e in r.get("end_to_end", {}).items():
         lines.append(f"1. end to end, {size} bgr8 Image -> pose, centre crop        median ms    p95 ms")
@@ -516,6 +654,23 @@ def format_results(r: dict[str, Any]) -> str:
             lines.append(f"   speed-up baseline / ours, float32 ({e['ours_backend']}): {e['ratio']:.2f}x")
         if "int8_ratio" in e:
             lines.append(f"   speed-up baseline / ours, int8 (onnxruntime-int8): {e['int8_ratio']:.2f}x")
+        lines.extend(_format_precisions(e.get("precisions", {})))
+    if "auto" in r:
+        a = r["auto"]
+        lines.append(
+            f"   precision auto picked {a['precision']}: {a['reason']}" if a["measured"] else f"   auto: {a['reason']}"
+        )
+    for p, a in r.get("agreement_with_fp32", {}).items():
+        if not a["measured"]:
+            lines.append(f"   {p} vs fp32: {a['reason']}")
+        elif "position_max_mm" in a:
+            lines.append(
+                f"   {p} ({a['path']}) vs fp32 ({a['reference']}) over {a['frames']} frames: position median "
+                f"{a['position_median_mm']:.3g} mm (max {a['position_max_mm']:.3g}), rotation median "
+                f"{a['rotation_median_deg']:.3g} deg (max {a['rotation_max_deg']:.3g}), dropped {a['dropped']}"
+            )
+        else:
+            lines.append(f"   {p} vs fp32: all {a['frames']} frames dropped (non-finite)")
     if "preprocess" in r:
         p = r["preprocess"]
         lines.append(
@@ -553,6 +708,25 @@ def format_results(r: dict[str, Any]) -> str:
         lines.extend(_format_gpu(r["gpu"]))
     lines.extend(f"note: {n}" for n in r.get("notes", []))
     return "\n".join(lines)
+
+
+def _format_precisions(rows: dict[str, Any]) -> list[str]:
+    lines = []
+    for p, row in rows.items():
+        if "median_ms" in row:
+            what = f"{p} ({row['path']}" + (f" -> {row['precision']})" if p == "auto" else ")")
+            lines.append(
+                f"   {what:<30} median {row['median_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms, "
+                f"{row['ratio']:.2f}x the baseline"
+                + (
+                    f", {row['speedup_over_fp32_torchscript']:.2f}x fp32 torchscript"
+                    if "speedup_over_fp32_torchscript" in row
+                    else ""
+                )
+            )
+        else:
+            lines.append(f"   {p:<30} {row['reason']}")
+    return lines
 
 
 def _format_gpu(g: dict[str, Any]) -> list[str]:

@@ -1,5 +1,5 @@
 """``posenet-train fit``: the training loop, nanoGPT-style: no framework, DDP through torchrun,
-atomic checkpoints with exact resume, AMP on CUDA.
+atomic checkpoints with exact resume, AMP on CUDA, bf16 autocast on CPUs with native bf16.
 
 Exact resume: the batch at step k depends only on (seed, epoch, k) (see ``data.py``), and the
 checkpoint stores model, loss weights, optimizer, scheduler, step and the torch RNG (dropout), so an
@@ -38,6 +38,7 @@ from posenet_train.loss import PoseLoss
 CHECKPOINT_NAME = "checkpoint.pt"
 OPTIMIZERS = ("adam", "sgd", "adagrad")
 SCHEDULES = ("constant", "step", "cosine")
+TRAIN_PRECISIONS = ("fp32", "bf16", "auto")
 # torchvision's ImageNet GoogLeNet weights; only fetched on request (never in tests or the demo).
 IMAGENET_URL = "https://download.pytorch.org/models/googlenet-1378be20.pth"
 # What a resumed run may change; everything else comes from the checkpoint.
@@ -72,7 +73,10 @@ FIT_OPTION_HELP = {
     "eval_every": "steps between validation on the test images (0: never)",
     "eval_images": "test images used for each validation",
     "device": "auto, cpu, cuda or cuda:N",
-    "amp": "mixed precision on CUDA",
+    "amp": "mixed precision on CUDA (fp16 autocast; --precision bf16 or auto uses bf16 instead)",
+    "precision": "autocast of the forward pass: fp32 (none; fp16 on CUDA with --amp), bf16 (fp32 master "
+    "weights; on the CPU needs native bf16, AMX-BF16 or AVX512-BF16) or auto (bf16 on CUDA with bf16 and on "
+    "CPUs with AMX-BF16, else as fp32)",
     "threads": "CPU threads for torch (0: torch's default)",
     "progress": "progress bar",
 }
@@ -112,6 +116,8 @@ class FitConfig:
     eval_images: int = 64
     device: str = "auto"
     amp: bool = True  # CUDA only
+    # bf16 autocast of the forward pass, weights and optimizer state stay fp32 (see ``autocast_dtype``).
+    precision: str = "fp32"
     threads: int = 0
     progress: bool = True
 
@@ -129,10 +135,13 @@ class FitConfig:
             (self.checkpoint_every >= 1 and self.eval_every >= 0, "checkpoint_every must be >= 1"),
             (self.eval_images >= 1 and self.warmup_steps >= 0, "eval_images must be >= 1, warmup_steps >= 0"),
             (self.threads >= 0, "threads must be >= 0 (0: torch's default)"),
+            (self.precision in TRAIN_PRECISIONS, f"precision must be one of {', '.join(TRAIN_PRECISIONS)}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.precision == "bf16" and (why := bf16_refusal(self.device)):
+            raise ValueError(why)
 
     def preprocessing(self) -> Preprocessing:
         # Inputs scaled to [-1, 1] (mean = std = 0.5): what torchvision's GoogLeNet weights expect.
@@ -146,6 +155,48 @@ class FitConfig:
 
     def model_config(self) -> PoseNetConfig:
         return PoseNetConfig(final_fc_dim=self.final_fc_dim)
+
+
+def _device_type(device: str) -> str:
+    return "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def bf16_refusal(device: str) -> str | None:
+    """Why bf16 autocast cannot run on ``device`` (a FitConfig device), in one line; None when it can.
+    On the CPU only natively: emulated bf16 is slower than fp32 (engine.cpu_bf16_support)."""
+    from posenet_ros.engine import cpu_bf16_support
+
+    if _device_type(device) == "cuda":
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            return "precision bf16 needs a GPU with bf16 (compute capability 8.0+); use fp32 (--amp: fp16) or auto"
+        return None
+    if cpu_bf16_support() is None:
+        return (
+            "precision bf16 on the CPU needs native bf16 (AMX-BF16 or AVX512-BF16), which this CPU lacks "
+            "(emulated bf16 is slower than fp32); use fp32 or auto"
+        )
+    return None
+
+
+def _auto_bf16(device: torch.device) -> bool:
+    """precision auto's rule: bf16 on CUDA with bf16, and on CPUs with AMX-BF16. Not on AVX512-BF16
+    alone: there bf16 training measured slower than fp32 (docs/performance.md, 2026-12-01), while
+    bf16 inference was faster."""
+    from posenet_ros.engine import cpu_bf16_support
+
+    if bf16_refusal(str(device)) is not None:
+        return False
+    return device.type == "cuda" or cpu_bf16_support() == "AMX-BF16"
+
+
+def autocast_dtype(cfg: FitConfig, device: torch.device) -> torch.dtype | None:
+    """The forward pass's autocast dtype, None for plain fp32: bf16 when asked (or with auto where
+    ``device`` runs it natively), else fp16 on CUDA with ``cfg.amp``. Master weights, gradients
+    and the optimizer stay fp32 either way; bf16 has fp32's range, so it needs no loss scaling."""
+    wants_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and _auto_bf16(device))
+    if wants_bf16:
+        return torch.bfloat16
+    return torch.float16 if cfg.amp and device.type == "cuda" else None
 
 
 @dataclass
@@ -310,14 +361,14 @@ class TrainStep(nn.Module):
     holds the values rank 0 saves. (Outside the DDP module each rank stepped them on its own
     batch's gradient alone and they drifted apart.)"""
 
-    def __init__(self, model: PoseNet, loss_fn: PoseLoss, use_amp: bool) -> None:
+    def __init__(self, model: PoseNet, loss_fn: PoseLoss, amp_dtype: torch.dtype | None) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
-        self.use_amp = use_amp
+        self.amp_dtype = amp_dtype  # autocast dtype of the network's forward pass; None: fp32
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        with torch.autocast(x.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(x.device.type, dtype=self.amp_dtype or torch.float16, enabled=self.amp_dtype is not None):
             outputs = self.model(x)
         return self.loss_fn(outputs.float(), y)
 
@@ -369,9 +420,7 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
         check_pretrained(cfg.pretrained)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device_type = (
-        "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
+    device_type = _device_type(cfg.device)
     info = init_distributed(device_type)
     device = pick_device(cfg.device, info)
     out = Path(cfg.out)
@@ -412,8 +461,9 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
         groups = [{"params": [*model.parameters(), *loss_fn.parameters()], "weight_decay": cfg.weight_decay}]
     optimizer = make_optimizer(cfg, groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = autocast_dtype(cfg, device)
+    # Loss scaling for fp16 only: bf16 has fp32's exponent range.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     step, history, elapsed = 0, [], 0.0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -423,7 +473,7 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
         scaler.load_state_dict(ckpt["scaler"])
         step, history, elapsed = ckpt["step"], ckpt["history"], ckpt["seconds"]
         torch.set_rng_state(ckpt["rng"][info.rank] if info.rank < len(ckpt["rng"]) else ckpt["rng"][0])
-    train_step = TrainStep(model, loss_fn, use_amp)
+    train_step = TrainStep(model, loss_fn, amp_dtype)
     train_model = nn.parallel.DistributedDataParallel(train_step) if info.world_size > 1 else train_step
     train_model.train()
 

@@ -42,6 +42,14 @@ def test_bench_suite_writes_every_case_with_baselines(tiny_file, tmp_path: Path,
     assert all(v["median_ms"] > 0 and v["cpu_percent_of_one_core"] > 0 for v in data["paced"]["paths"].values())
     assert data["torch"] and data["threads"] == 2 and data["device"] == "cpu" and data["dtype"] == "fp32"
     assert data["gpu"]["measured"] == torch.cuda.is_available()  # all cases run by default, the GPU one too
+    # Issue 16: the CPU's ISA, case 1 per precision, what auto picked, bf16/int8 against fp32 (test_bench_precision).
+    assert data["isa"]["summary"] and set(data["end_to_end"]["640x480"]["precisions"]) == {
+        "fp32",
+        "bf16",
+        "int8",
+        "auto",
+    }
+    assert data["auto"]["precision"] in ("fp32", "bf16") and data["agreement_with_fp32"]["int8"]["measured"]
 
 
 def test_bench_gpu_case_runs_on_the_device_it_is_given(tiny_file, tmp_path: Path, capsys) -> None:
