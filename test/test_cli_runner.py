@@ -31,7 +31,7 @@ def test_both_programs_are_built_by_the_shared_factory(monkeypatch, capsys) -> N
         monkeypatch.setattr(cli, "build_command_parser", spy)
     assert _commands(ros_cli.build_parser()) == {"replay", "live", "export-onnx", "info", "bench"}
     assert _commands(train_cli.build_parser()) == {
-        "convert", "synth", "fit", "export", "eval", "calibrate", "to-bag", "from-bag", "label-sfm"
+        "convert", "synth", "fit", "export", "eval", "calibrate", "to-bag", "from-bag", "label-sfm", "map"
     }  # fmt: skip
     assert built == ["posenet-ros", "posenet-train"]
     for cli, prog in ((ros_cli, "posenet-ros"), (train_cli, "posenet-train")):

@@ -381,6 +381,7 @@ def _stop(*args: object, **kwargs: object) -> None:
 
 
 def _cli_stubs() -> list[tuple[object, str]]:
+    import posenet_train.scene_map
     import posenet_train.sfm
     import posenet_train.synth
     import posenet_train.train
@@ -392,6 +393,7 @@ def _cli_stubs() -> list[tuple[object, str]]:
         (posenet_train.uncertainty, "predict"),
         (posenet_train.uncertainty, "calibrate"),
         (posenet_train.sfm, "label_sfm"),
+        (posenet_train.scene_map, "build_map"),
     ]
 
 
@@ -536,7 +538,18 @@ def _run_cli(main, argv: list[str], capsys) -> None:
 
 
 ROS_FUZZ_COMMANDS = ("replay", "export-onnx", "info")
-TRAIN_FUZZ_COMMANDS = ("convert", "synth", "fit", "export", "eval", "calibrate", "to-bag", "from-bag", "label-sfm")
+TRAIN_FUZZ_COMMANDS = (
+    "convert",
+    "synth",
+    "fit",
+    "export",
+    "eval",
+    "calibrate",
+    "to-bag",
+    "from-bag",
+    "label-sfm",
+    "map",
+)
 CLI_FUZZ = settings(
     max_examples=max(4, EXAMPLES // 4), deadline=None, suppress_health_check=list(HealthCheck), derandomize=DERANDOMIZE
 )
