@@ -91,7 +91,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
-    from posenet_train.train import FIT_OPTION_HELP, OPTIMIZERS, SCHEDULES, FitConfig
+    from posenet_train.train import FIT_OPTION_HELP, OPTIMIZERS, SCHEDULES, TRAIN_PRECISIONS, FitConfig
 
     p = sub.add_parser("fit", help="train a PoseNet on a canonical data set (torchrun for several GPUs)")
     p.add_argument("data", help="canonical data set folder (poses.csv)")
@@ -99,7 +99,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly")
     p.add_argument("--export", default="", help="also export the final model to this .pt path")
     p.add_argument("--mc-dropout", action="store_true", help="the export keeps Monte Carlo dropout sampling")
-    choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+    choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": TRAIN_PRECISIONS}
     for f in fields(FitConfig):
         if f.name in ("data", "out"):
             continue

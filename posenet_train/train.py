@@ -70,8 +70,8 @@ FIT_OPTION_HELP = {
     "seed": "seed of initialization, batch order and augmentation (a run is reproducible)",
     "pretrained": "backbone weights: 'imagenet' (downloads torchvision's GoogLeNet) or a .pth state dict",
     "checkpoint_every": "steps between checkpoints (OUT/checkpoint.pt; Ctrl-C also saves one)",
-    "eval_every": "steps between validation on the test images (0: never)",
-    "eval_images": "test images used for each validation",
+    "eval_every": "steps between validation on the val images, test where there are none (0: never)",
+    "eval_images": "val (or test) images used for each validation",
     "device": "auto, cpu, cuda or cuda:N",
     "amp": "mixed precision on CUDA (fp16 autocast; --precision bf16 or auto uses bf16 instead)",
     "precision": "autocast of the forward pass: fp32 (none; fp16 on CUDA with --amp), bf16 (fp32 master "
@@ -428,6 +428,10 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
     records = read_poses_csv(data_root)
     train_records = split_records(records, "train")
     test_records = [r for r in records if r.split == "test"]
+    # The figures watched during training come from the val split, so the test split stays unseen;
+    # a data set without val rows (written before there was one) falls back to test, and says so.
+    watch_split = "val" if any(r.split == "val" for r in records) else "test"
+    watch_records = [r for r in records if r.split == watch_split]
     norm = PositionNormalization.fit(train_records)
     spec = cfg.preprocessing()
     # The model and its pretrained weights come before the images are decoded, so a bad --pretrained
@@ -443,8 +447,14 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
         )
     show = cfg.progress and info.main
     train_set = PoseDataset(data_root, train_records, spec, norm, Augmentation(True, cfg.color_jitter), progress=show)
+    if watch_split == "test" and watch_records and cfg.eval_every and info.main:
+        print(
+            "posenet-train fit: note: no 'val' frames in the data set; the figures during training are on "
+            "its test frames (convert again to get a val split)",
+            file=sys.stderr,
+        )
     eval_set = (
-        PoseDataset(data_root, test_records, spec, norm, Augmentation(False), progress=show) if test_records else None
+        PoseDataset(data_root, watch_records, spec, norm, Augmentation(False), progress=show) if watch_records else None
     )
     global_batch = cfg.batch_size * info.world_size
     if len(train_set) < global_batch:
@@ -509,6 +519,7 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
                     "path": str(data_root.resolve()),
                     "train_images": len(train_records),
                     "test_images": len(test_records),
+                    "val_images": sum(r.split == "val" for r in records),
                 },
                 "pretrained": pretrained,
                 "code_version": __version__,
@@ -550,7 +561,7 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
                 and (step % cfg.eval_every == 0 or step == cfg.steps)
             ):
                 metrics = median_errors(model, eval_set, norm, cfg.eval_images, device)
-                history.append({"step": step, **stats, **metrics})
+                history.append({"step": step, "split": watch_split, **stats, **metrics})
             if show:
                 now = time.perf_counter()
                 postfix = {"loss": f"{stats['loss']:.3f}", "img/s": f"{window_imgs / max(now - window_t, 1e-9):.1f}"}

@@ -227,3 +227,23 @@ def test_fit_starts_from_pretrained_backbone_weights(scene: Path, tmp_path: Path
     assert torch.allclose(
         ckpt["model"]["inception5b.branch1.conv.weight"], state["inception5b.branch1.conv.weight"], atol=1e-6
     )
+
+
+def test_training_watches_the_val_split_and_leaves_test_unseen(scene: Path, tmp_path: Path, capsys) -> None:
+    """The figures watched during training (which a user tunes by) come from val; a data set without
+    val rows falls back to test with a one-line note."""
+    import shutil
+
+    with_val = tmp_path / "with_val"
+    shutil.copytree(scene, with_val)
+    lines = (with_val / "poses.csv").read_text().splitlines()
+    train_rows = [i for i, ln in enumerate(lines) if ",train," in ln]
+    for i in train_rows[-6:]:  # the last frames of the second walk: a held-out time block
+        lines[i] = lines[i].replace(",train,", ",val,")
+    (with_val / "poses.csv").write_text("\n".join(lines) + "\n")
+    for data, split in ((with_val, "val"), (scene, "test")):
+        result = fit(tiny_config(data, tmp_path / f"run_{split}", steps=3, eval_every=3))
+        history = load_checkpoint(result.checkpoint)["history"]
+        assert history and {h["split"] for h in history} == {split}
+        note = [ln for ln in capsys.readouterr().err.splitlines() if "no 'val' frames" in ln]
+        assert len(note) == (1 if split == "test" else 0)
