@@ -72,8 +72,8 @@ ros-package: setup
 
 demo: setup
 	rm -rf $(DEMO_OUT)
-	$(VENV)/bin/posenet-train synth --out $(DEMO_OUT)/scene --train-sequences 0 --test-sequences 2 --frames 200 \
-	    --width 256 --height 192 --heading-spread 50
+	$(VENV)/bin/posenet-train synth --out $(DEMO_OUT)/scene --train-sequences 0 --test-sequences 2 --val-sequences 0 \
+	    --frames 200 --width 256 --height 192 --heading-spread 50
 	$(VENV)/bin/posenet-train to-bag $(DEMO_OUT)/scene --out $(DEMO_OUT)/camera_bag --storage mcap --rate 10
 	$(VENV)/bin/posenet-ros replay $(DEMO_OUT)/camera_bag --model models/posenet_demo.pt --device cpu \
 	    --gt-frames map camera_optical --out $(DEMO_OUT)/poses_bag --report $(DEMO_OUT)/report
@@ -106,8 +106,8 @@ clean:
 # About 35 min on 2 CPU cores.
 UNC := out/uncertainty
 uncertainty-experiment: setup
-	$(VENV)/bin/posenet-train synth --out $(UNC)/room --seed 7 --train-sequences 1 --test-sequences 1 --frames 800 \
-	    --width 256 --height 192 --heading-spread 50
+	$(VENV)/bin/posenet-train synth --out $(UNC)/room --seed 7 --train-sequences 1 --test-sequences 0 --val-sequences 1 \
+	    --frames 800 --width 256 --height 192 --heading-spread 50
 	$(VENV)/bin/posenet-train synth --out $(UNC)/test --seed 8 --train-sequences 0 --test-sequences 1 --frames 400 \
 	    --width 256 --height 192 --heading-spread 50
 	$(VENV)/bin/posenet-train synth --out $(UNC)/ood --seed 9 --train-sequences 0 --test-sequences 1 --frames 400 \
@@ -116,6 +116,6 @@ uncertainty-experiment: setup
 	    --final-fc-dim 1024 --steps 1400 --batch-size 32 --lr 1e-3 --learn-weighting --eval-every 200 \
 	    --eval-images 96 --checkpoint-every 200 --scene-name synthetic_room --no-progress \
 	    --export $(UNC)/model.pt --mc-dropout
-	$(VENV)/bin/posenet-train calibrate $(UNC)/model.pt $(UNC)/room --split test --out $(UNC)/model_calibrated.pt
+	$(VENV)/bin/posenet-train calibrate $(UNC)/model.pt $(UNC)/room --out $(UNC)/model_calibrated.pt
 	$(VENV)/bin/posenet-train eval $(UNC)/model_calibrated.pt $(UNC)/test --no-baseline --uncertainty \
 	    --ood $(UNC)/ood --out $(UNC)/eval
