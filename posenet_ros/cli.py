@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -105,6 +106,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         check_new_bag_folder(args.out, "--out")
     if args.report is not None:
         check_output_folder(args.report, "--report")
+    if args.map is not None and not args.map.is_file():
+        raise UsageError(f"--map {args.map}: no such map file (build one with posenet-train map DATASET --out FILE)")
+    intrinsics = None
+    if args.intrinsics is not None:
+        if args.map is None:
+            raise UsageError("--intrinsics are refinement's camera and need --map")
+        intrinsics = _parse_intrinsics(args.intrinsics)
     params = {name: getattr(args, name) for name in REPLAY_NODE_PARAMETERS if getattr(args, name) is not None}
     cfg = ReplayConfig(
         bag=args.bag,
@@ -120,6 +128,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         threads=args.threads,
         node_parameters=params,
         progress=not args.no_progress,
+        map_path=args.map,
+        intrinsics=intrinsics,
     )
     result = replay(cfg)
     for line in format_summary(result.summary):
@@ -132,6 +142,21 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"posenet-ros: error: {result.read_error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _parse_intrinsics(text: str) -> tuple[float, float, float, float, int, int]:
+    """--intrinsics fx,fy,cx,cy,width,height: positive focal lengths, whole positive sizes."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 6 or not all(math.isfinite(v) for v in values):
+        raise UsageError(f"--intrinsics must be fx,fy,cx,cy,width,height (six numbers), got {text!r}")
+    fx, fy, cx, cy, w, h = values
+    if fx <= 0 or fy <= 0 or w < 1 or h < 1 or w != int(w) or h != int(h):
+        raise UsageError(f"--intrinsics needs fx, fy > 0 and a whole width and height >= 1, got {text!r}")
+    return fx, fy, cx, cy, int(w), int(h)
 
 
 def _cmd_live(args: argparse.Namespace) -> int:
@@ -315,6 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
             type=kind,
             help=f"node parameter: {spec.description} (default: {spec.default!r})",
         )
+    rp.add_argument(
+        "--map", type=Path, help="refine each pose against this 3D map (posenet-train map; docs/refinement.md)"
+    )
+    rp.add_argument(
+        "--intrinsics",
+        metavar="FX,FY,CX,CY,W,H",
+        help="with --map: the bag camera's pinhole intrinsics in pixels (default: the map's camera)",
+    )
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
     rp.set_defaults(func=_cmd_replay)
 
@@ -377,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_replay_doc() -> str:
     return (
         "Run the node's per-frame logic on a recorded bag. Prints accuracy (with --gt-topic or --gt-frames) "
-        "and latency; --out writes the poses as a new bag, --report a folder with index.html."
+        "and latency; --out writes the poses as a new bag, --report a folder with index.html. --map refines "
+        "each pose against a 3D map and reports the network's and the refined errors side by side."
     )
 
 

@@ -1,15 +1,15 @@
 """ROS-free inference: load a TorchScript PoseNet and its contract, preprocess, run, decode a pose.
 
 The node and the offline replay both call ``Engine.localize``; every per-frame decision that is not
-ROS wiring (crop count under the latency budget, averaging, uncertainty, sanity of the output) lives
-here or in the modules it uses.
+ROS wiring (crop count under the latency budget, averaging, uncertainty, sanity of the output,
+refinement of the pose against a 3D map) lives here or in the modules it uses.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,22 @@ from posenet_ros.geometry import (
 )
 from posenet_ros.model_files import torch_file_kind
 from posenet_ros.preprocess import CpuPreprocessor, InputError, TorchPreprocessor
+from posenet_ros.refine import (
+    Intrinsics,
+    MapError,
+    RefineConfig,
+    SceneMap,
+    check_map_scene,
+    extract_features,
+    load_map,
+    refine_pose,
+)
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # auto: the fastest native precision that agrees with fp32
+REFINE_MODES = ("off", "always")  # refinement against EngineConfig.map_path (docs/refinement.md)
 
 
 class EngineError(RuntimeError):
@@ -326,7 +337,8 @@ def resolve_backend(backend: str, model_path: str | Path) -> str:
 class Latency:
     preprocess_ms: float
     inference_ms: float
-    total_ms: float
+    total_ms: float  # the whole frame: preprocessing, network, decoding and refinement
+    refine_ms: float = 0.0  # refinement against the map (0 when it did not run)
 
 
 @dataclass(frozen=True)
@@ -335,7 +347,14 @@ class Localization:
     sample covariance of the crops (``crops`` mode) or of the Monte Carlo dropout samples
     (``mc_dropout``), rotations as rotation vectors about the map axes around the mean, scaled by the
     model's calibration for that mode (in crops mode, for the crop count run, when the model has a
-    per-count table); None in ``fixed`` mode or when one crop gives no spread."""
+    per-count table); None in ``fixed`` mode or when one crop gives no spread.
+
+    With a map (``EngineConfig.map_path``), ``pose`` and ``covariance`` are the refined ones when
+    ``refined`` (the covariance then the PnP's Gauss-Newton one, a lower bound: pixel noise only;
+    None when PnP could not determine it), else the network's; ``coarse_pose`` is always the
+    network's pose (the same object as ``pose`` when not refined). ``refine_reason`` says why a frame
+    that was tried was not refined; it is empty when refined and when refinement did not run.
+    ``uncertainty_score`` stays the network's (its calibration is for the network's spread)."""
 
     pose: Pose
     covariance: np.ndarray | None
@@ -344,6 +363,16 @@ class Localization:
     overrun: bool
     samples: int = 0  # Monte Carlo dropout samples (0: not in mc_dropout mode)
     uncertainty_score: float | None = None  # position std / the calibration's reference std
+    refined: bool = False  # pose and covariance come from PnP against the map
+    refine_reason: str = ""  # why a frame that was tried was not refined (one line)
+    inliers: int = 0  # PnP inliers (also when refused: too few, too far from the coarse pose)
+    coarse_pose: Pose | None = None  # the network's pose; None given means ``pose``
+    refine_ms: float = 0.0  # refinement's time, part of latency.total_ms (0 when it did not run)
+    refine_attempted: bool = False  # refinement ran on this frame (map loaded, refine "always")
+
+    def __post_init__(self) -> None:
+        if self.coarse_pose is None:
+            object.__setattr__(self, "coarse_pose", self.pose)
 
     @property
     def position_std(self) -> float | None:
@@ -394,10 +423,12 @@ class CropBudget:
     def predict_ms(self, n: int) -> float:
         return (self.fixed_ms + self.per_crop_ms * n) * self.drift
 
-    def choose(self) -> int:
+    def choose(self, reserve_ms: float = 0.0) -> int:
+        """The largest count whose predicted cost plus ``reserve_ms`` (time the frame spends on
+        something else, such as refinement) fits the budget; the smallest count when none does."""
         if self.budget_ms is None:
             return self.candidates[0]
-        fitting = [n for n in self.candidates if self.predict_ms(n) <= self.budget_ms]
+        fitting = [n for n in self.candidates if self.predict_ms(n) + reserve_ms <= self.budget_ms]
         return fitting[-1] if fitting else self.candidates[0]
 
     def observe(self, n: int, measured_ms: float) -> None:
@@ -418,6 +449,15 @@ class EngineConfig:
     uncertainty: str = "crops"  # fixed | crops | mc_dropout (the model must list the mode)
     mc_samples: int = 40  # dropout samples per crop; under a budget, the most it may pick
     warmup_iters: int = 5  # the profiling JIT specializes and fuses after a couple of runs
+    # Refinement of the network's pose against a 3D map of the scene (docs/refinement.md).
+    map_path: str | Path | None = None  # None: no refinement
+    refine: str = "always"  # "always": every frame, when map_path is set; "off": map loaded, not used
+    # The query camera: (fx, fy, cx, cy, width, height) in pixels (OpenCV convention, top-left pixel
+    # centre at (0, 0)), or an Intrinsics; None: the map's camera, which holds only when the map was
+    # built from images of the same camera model as the incoming ones. Frames of another size with
+    # the same aspect get the intrinsics scaled to their size.
+    intrinsics: tuple[float, float, float, float, int, int] | Intrinsics | None = None
+    refine_config: RefineConfig = field(default_factory=RefineConfig)
 
 
 @dataclass
@@ -426,6 +466,52 @@ class EngineStats:
     overruns: int = 0
     non_finite: int = 0
     crops_histogram: dict[int, int] = field(default_factory=dict)
+    refine_attempts: int = 0  # frames refinement ran on
+    refined: int = 0  # of those, the ones whose pose is the refined one
+
+
+def intrinsics_of(value: tuple | list | Intrinsics, where: str = "intrinsics") -> Intrinsics:
+    """``Intrinsics`` from an Intrinsics or (fx, fy, cx, cy, width, height); one-line EngineError."""
+    if isinstance(value, Intrinsics):
+        k = value
+    else:
+        try:
+            fx, fy, cx, cy, w, h = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise EngineError(f"{where} must be fx, fy, cx, cy, width, height (six numbers), got {value!r}") from None
+        if w != int(w) or h != int(h):
+            raise EngineError(f"{where}: width and height must be whole pixels, got {w:g} x {h:g}")
+        k = Intrinsics(int(w), int(h), fx, fy, cx, cy)
+    try:
+        k.check(where)
+    except MapError as exc:
+        raise EngineError(str(exc)) from None
+    return k
+
+
+def scale_intrinsics(k: Intrinsics, width: int, height: int) -> Intrinsics:
+    """``k`` for the same camera's images resized to ``width`` x ``height`` (same aspect, within a
+    pixel of rounding; else ImageError). Pixel centres at integer coordinates: c' = (c + 0.5) s - 0.5."""
+    if (width, height) == (k.width, k.height):
+        return k
+    if abs(width * k.height - height * k.width) > max(k.width, k.height, width, height):
+        raise ImageError(
+            f"image is {width}x{height}, not the aspect of the refinement intrinsics ({k.width}x{k.height}); "
+            "give the camera's intrinsics at this size (EngineConfig.intrinsics)"
+        )
+    sx, sy = width / k.width, height / k.height
+    return Intrinsics(width, height, k.fx * sx, k.fy * sy, (k.cx + 0.5) * sx - 0.5, (k.cy + 0.5) * sy - 0.5)
+
+
+def refine_image(image: np.ndarray, encoding: str) -> np.ndarray:
+    """The frame as refinement takes it: RGB (H, W, 3), or grey (H, W) for mono8."""
+    if encoding == "mono8":
+        return image if image.ndim == 2 else image[:, :, 0]
+    if encoding in ("bgr8", "bgra8"):
+        return cv2.cvtColor(image[:, :, :3], cv2.COLOR_BGR2RGB)
+    if encoding == "rgba8":
+        return np.ascontiguousarray(image[:, :, :3])
+    return image
 
 
 class Engine:
@@ -499,7 +585,61 @@ class Engine:
         except ValueError as exc:
             raise EngineError(str(exc)) from None
         self.stats = EngineStats()
+        self._load_map()
         self._warm_up()
+
+    def _load_map(self) -> None:
+        """Refinement's map and camera (``config.map_path``, ``config.intrinsics``); one-line
+        EngineError for a bad file, a map of another scene or bad intrinsics."""
+        config = self.config
+        self.scene_map: SceneMap | None = None
+        self.intrinsics: Intrinsics | None = None
+        self._scaled: dict[tuple[int, int], Intrinsics] = {}
+        self._refine_ema_ms = 0.0
+        if config.refine not in REFINE_MODES:
+            raise EngineError(f"unknown refine mode {config.refine!r}; use one of {', '.join(REFINE_MODES)}")
+        self.refine_mode = config.refine  # "always" without a map: nothing to refine against
+        if config.map_path is None:
+            if config.intrinsics is not None:
+                raise EngineError("intrinsics are for refinement, which needs a map (map_path)")
+            return
+        try:
+            self.scene_map = load_map(config.map_path)
+            check_map_scene(self.scene_map, self.contract.scene.name, str(config.map_path))
+        except MapError as exc:
+            raise EngineError(str(exc)) from None
+        self.intrinsics = self.scene_map.intrinsics if config.intrinsics is None else intrinsics_of(config.intrinsics)
+        log.info(
+            "refinement map %s: scene %s, %d images, %d points; intrinsics %s",
+            config.map_path,
+            self.scene_map.scene,
+            len(self.scene_map.image_names),
+            len(self.scene_map.points),
+            "from the map" if config.intrinsics is None else "configured",
+        )
+
+    @property
+    def refining(self) -> bool:
+        """Whether frames are refined now (a map is loaded and the mode is "always")."""
+        return self.scene_map is not None and self.refine_mode == "always"
+
+    def set_refine(self, mode: str) -> None:
+        """Switch refinement live ("off" | "always"); "always" needs the map loaded at start."""
+        if mode not in REFINE_MODES:
+            raise EngineError(f"unknown refine mode {mode!r}; use one of {', '.join(REFINE_MODES)}")
+        if mode == "always" and self.scene_map is None:
+            raise EngineError("refine always needs a map; start the engine with map_path")
+        self.refine_mode = mode
+
+    def intrinsics_for(self, width: int, height: int) -> Intrinsics:
+        """The refinement intrinsics for a frame of this size (scaled when it differs, same aspect);
+        ImageError otherwise."""
+        k = self._scaled.get((width, height))
+        if k is None:
+            if len(self._scaled) > 16:  # a camera changing size all the time: do not grow forever
+                self._scaled.clear()
+            k = self._scaled[(width, height)] = scale_intrinsics(self.intrinsics, width, height)
+        return k
 
     def _precision_refusal(self, precision: str) -> str | None:
         """Why this engine cannot run ``precision`` (one line), or None when it can."""
@@ -591,6 +731,8 @@ class Engine:
             self._time_frame(frame, n)  # let the JIT specialize this shape first
             samples[n] = self._time_frame(frame, n)
         self.budget.calibrate(samples)
+        if self.scene_map is not None:  # builds the detector; its first call is slower
+            extract_features(frame, self.scene_map.features)
 
     def _time_frame(self, frame: np.ndarray, n: int) -> float:
         """ms for one frame with ``n`` crops (or ``n`` dropout samples per crop in mc_dropout mode)."""
@@ -605,15 +747,21 @@ class Engine:
 
         ``crops`` forces a crop count; otherwise the latency budget picks it (or ``config.crops``
         when no budget is set). In mc_dropout mode the centre crop is sampled ``mc_samples`` times
-        (or as many as the budget allows). Raises ImageError for unusable frames and
+        (or as many as the budget allows). With a map (``config.map_path``, refine "always") the
+        network's pose is refined against it (``posenet_ros.refine.refine_pose``); a frame that is
+        not refined keeps the network's pose and says why (``Localization.refine_reason``). Under a
+        latency budget the crop count leaves room for refinement's recent time. Raises ImageError
+        for unusable frames (also a frame whose aspect differs from the refinement intrinsics') and
         NonFiniteOutputError when the network output is not finite."""
+        refining = self.refining
+        reserve = self._refine_ema_ms if refining else 0.0  # the budget leaves room for refinement
         if self.mc:
             # Dropout samples of each of ``config.crops`` crops, pooled (one crop: the centre).
-            samples = self.budget.choose() if self.budget.budget_ms is not None else self.config.mc_samples
+            samples = self.budget.choose(reserve) if self.budget.budget_ms is not None else self.config.mc_samples
             crops, count = self.config.crops, samples
         else:
             if crops is None:
-                crops = self.budget.choose() if self.budget.budget_ms is not None else self.config.crops
+                crops = self.budget.choose(reserve) if self.budget.budget_ms is not None else self.config.crops
             if not 1 <= crops <= self.config.max_crops:
                 raise EngineError(f"crop count must be in 1..{self.config.max_crops}, got {crops}")
             samples, count = 0, crops
@@ -622,6 +770,7 @@ class Engine:
             batch = self.preprocess(image, encoding, crops)
         except InputError as exc:
             raise ImageError(str(exc)) from None
+        intrinsics = self.intrinsics_for(image.shape[1], image.shape[0]) if refining else None
         t1 = time.perf_counter()
         raw = self._run(batch, count)
         t2 = time.perf_counter()
@@ -631,18 +780,45 @@ class Engine:
             raise NonFiniteOutputError(f"network output is not finite ({len(raw)} sample(s)); frame dropped")
         pose, covariance = self._decode(raw, crops)
         t3 = time.perf_counter()
-        total_ms = (t3 - t0) * 1000.0
-        self.budget.observe(count, total_ms)
+        self.budget.observe(count, (t3 - t0) * 1000.0)  # the cost model is the network's part only
+        cal = self.calibration_for(crops)
+        score = None
+        if cal is not None and covariance is not None:
+            score = position_std(covariance) / cal.reference_position_std
+        coarse = pose
+        refined, reason, inliers, refine_ms = False, "", 0, 0.0
+        if refining:
+            result = refine_pose(
+                refine_image(image, encoding), intrinsics, coarse, self.scene_map, self.config.refine_config
+            )
+            refine_ms = (time.perf_counter() - t3) * 1000.0
+            self._refine_ema_ms += 0.2 * (refine_ms - self._refine_ema_ms)
+            refined, reason, inliers = result.refined, result.reason, result.inliers
+            self.stats.refine_attempts += 1
+            if refined:
+                self.stats.refined += 1
+                pose, covariance = result.pose, result.covariance
+        total_ms = (time.perf_counter() - t0) * 1000.0
         budget = self.budget.budget_ms
         overrun = budget is not None and total_ms > budget
         self.stats.overruns += int(overrun)
         self.stats.crops_histogram[crops] = self.stats.crops_histogram.get(crops, 0) + 1
-        latency = Latency((t1 - t0) * 1000.0, (t2 - t1) * 1000.0, total_ms)
-        loc = Localization(pose, covariance, crops, latency, overrun, samples)
-        cal = self.calibration_for(crops)
-        if cal is not None and covariance is not None:
-            loc = replace(loc, uncertainty_score=loc.position_std / cal.reference_position_std)
-        return loc
+        latency = Latency((t1 - t0) * 1000.0, (t2 - t1) * 1000.0, total_ms, refine_ms)
+        return Localization(
+            pose,
+            covariance,
+            crops,
+            latency,
+            overrun,
+            samples,
+            score,
+            refined=refined,
+            refine_reason=reason,
+            inliers=inliers,
+            coarse_pose=coarse,
+            refine_ms=refine_ms,
+            refine_attempted=refining,
+        )
 
     def calibration_for(self, crops: int) -> Calibration | None:
         """The calibration of a frame run with ``crops`` crops: in crops mode the model's entry for

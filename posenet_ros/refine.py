@@ -385,6 +385,26 @@ class Refinement:
     pnp_pose: Pose | None = None  # PnP's pose even when refused for disagreeing with the coarse one
 
 
+# Why a frame was not refined, as a fixed set of kinds (the reasons themselves carry figures).
+REASON_KINDS = (
+    ("too few 2D-3D matches", "too few 2D-3D matches"),
+    ("PnP failed", "PnP failed"),
+    ("PnP RANSAC found no pose", "PnP RANSAC found no pose"),
+    ("too few PnP inliers", "too few PnP inliers"),
+    ("inlier ratio", "inlier ratio too low"),
+    ("refined pose is", "too far from the coarse pose"),
+)
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a ``Refinement.reason`` without its figures ("too few PnP inliers", "too far
+    from the coarse pose", ...), for counting; "" for "" (refined)."""
+    for prefix, kind in REASON_KINDS:
+        if reason.startswith(prefix):
+            return kind
+    return reason.split(" (")[0]
+
+
 def world_to_camera(pose: Pose) -> tuple[np.ndarray, np.ndarray]:
     """(R_cw, t_cw) of a camera-to-map pose: x_cam = R_cw @ x_map + t_cw."""
     r = quat_to_matrix(pose.quaternion).T

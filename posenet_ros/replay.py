@@ -7,6 +7,9 @@ shows what the node would publish. Two modes:
 - ``--realtime``: frames are fed at the recorded rate (times ``--rate``) into the node's newest-frame
   slot while a worker thread localizes, so frames the node would have skipped (replaced while the
   network ran) or dropped (older than ``max_frame_age_ms`` by the bag clock) are counted as such.
+With ``--map`` the engine refines each pose against the 3D map (docs/refinement.md): the published
+pose is the refined one where refinement succeeded, and the summary, frames.csv and the report add
+the refinement's figures and the network's (coarse) pose and errors beside it.
 Outputs: an optional rosbag2 with the poses and /tf, a report folder, and a printed summary.
 """
 
@@ -18,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ from posenet_ros.errors import first_line
 from posenet_ros.geometry import Pose, position_error, rotation_error_deg
 from posenet_ros.groundtruth import GroundTruth, GroundTruthSource
 from posenet_ros.image_codec import decode
+from posenet_ros.refine import reason_kind
 from posenet_ros.relocalizer.diagnostics import NodeStats
 from posenet_ros.relocalizer.frames import (
     PUBLISHED,
@@ -92,6 +96,10 @@ class ReplayConfig:
     # Node parameters the replay honours (same names, ranges and checks as the node's).
     node_parameters: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    # Refinement against a 3D map (None: none); intrinsics (fx, fy, cx, cy, width, height) of the
+    # bag's camera, None: the map's camera (EngineConfig.intrinsics).
+    map_path: Path | None = None
+    intrinsics: tuple[float, float, float, float, int, int] | None = None
 
 
 @dataclass
@@ -109,6 +117,13 @@ class FrameRecord:
     position_std: float | None = None  # of the published covariance (m)
     uncertainty_score: float | None = None
     truth: Pose | None = None
+    # Refinement (replays with a map): whether it ran and succeeded, and the network's own pose.
+    refine_attempted: bool = False
+    refined: bool = False
+    refine_reason: str = ""
+    inliers: int = 0
+    coarse_pose: Pose | None = None
+    refine_ms: float = float("nan")
 
 
 @dataclass
@@ -132,7 +147,12 @@ class _Run:
         self.topic = pick_image_topic(reader, cfg.image_topic)
         self.frames_total = sum(c.msgcount for c in reader.connections if c.topic == self.topic)
         self.truth = GroundTruth(reader, cfg.ground_truth) if cfg.ground_truth else None
-        self.engine = Engine(cfg.model, self.settings.engine_config(device=cfg.device, threads=cfg.threads))
+        overrides: dict[str, Any] = {"device": cfg.device, "threads": cfg.threads}
+        if cfg.map_path is not None:
+            overrides.update(map_path=cfg.map_path, refine="always", intrinsics=cfg.intrinsics)
+        elif cfg.intrinsics is not None:
+            raise ReplayError("--intrinsics are refinement's camera and need --map")
+        self.engine = Engine(cfg.model, self.settings.engine_config(**overrides))
         self.stats = NodeStats(window=1 << 30)
         self.records: list[FrameRecord] = []
         self.skipped_records: dict[int, FrameRecord] = {}  # realtime: read, replaced before inference
@@ -174,6 +194,10 @@ class _Run:
             rec.position_std = outcome.position_std
             rec.uncertainty_score = outcome.loc.uncertainty_score
             rec.truth = self.truth.at(frame.stamp_ns) if self.truth else None
+            loc = outcome.loc
+            if loc.refine_attempted:
+                rec.refine_attempted, rec.refined, rec.refine_reason = True, loc.refined, loc.refine_reason
+                rec.inliers, rec.coarse_pose, rec.refine_ms = loc.inliers, loc.coarse_pose, loc.refine_ms
         return rec
 
     def _write(self, log_time_ns: int, frame: Frame, outcome: FrameOutcome) -> None:
@@ -320,14 +344,52 @@ def summarize(run: _Run, skipped: int, wall_s: float) -> dict[str, Any]:
         "latency_budget_ms": run.settings.latency_budget_ms or None,
         "overruns": stats.overruns,
         "latency_ms": latency_summary([r.latency_ms for r in done]),
-        "latency_measured": " (engine: preprocessing and network, per frame)",
+        "latency_measured": (
+            " (engine: preprocessing, network and refinement, per frame)"
+            if cfg.map_path is not None
+            else " (engine: preprocessing and network, per frame)"
+        ),
         "crops_used": {str(k): v for k, v in sorted(Counter(r.crops for r in done).items())},
         "wall_time_s": wall_s,
         "throughput_fps": stats.received / wall_s if wall_s > 0 else None,
     }
     if run.truth is not None:
         summary.update(accuracy_summary(run.truth.source, done, run.engine.contract))
+    if cfg.map_path is not None:
+        summary["refinement"] = refinement_summary(run, done)
     return summary
+
+
+def refinement_summary(run: _Run, published: list[FrameRecord]) -> dict[str, Any]:
+    """The map, the camera, how many frames refinement ran on and refined, inliers and latency of
+    the attempts, why the rest were not refined, and (with ground truth) the network's errors beside
+    the published ones on the published frames."""
+    engine, cfg = run.engine, run.cfg
+    tried = [r for r in run.records if r.refine_attempted]
+    refined = [r for r in tried if r.refined]
+    reasons = Counter(reason_kind(r.refine_reason) for r in tried if not r.refined)
+    lat = np.array([r.refine_ms for r in tried], dtype=float)
+    out: dict[str, Any] = {
+        "map": str(cfg.map_path),
+        "map_images": len(engine.scene_map.image_names),
+        "map_points": len(engine.scene_map.points),
+        "intrinsics": asdict(engine.intrinsics),
+        "intrinsics_source": "--intrinsics" if cfg.intrinsics is not None else "the map's camera",
+        "attempts": len(tried),
+        "refined": len(refined),
+        "rate": len(refined) / len(tried) if tried else None,
+        "inliers_median": float(np.median([r.inliers for r in refined])) if refined else None,
+        "latency_ms": {
+            "p50": float(np.percentile(lat, 50)) if lat.size else None,
+            "p95": float(np.percentile(lat, 95)) if lat.size else None,
+        },
+        "not_refined": dict(reasons.most_common()),
+    }
+    paired = [r for r in published if r.truth is not None and r.coarse_pose is not None]
+    if paired:
+        coarse = errors_of(paired, coarse=True)
+        out["errors"] = {"coarse": error_stats(*coarse), "refined": error_stats(*errors_of(paired))}
+    return out
 
 
 def latency_summary(latency_ms: list[float]) -> dict[str, float | None]:
@@ -365,10 +427,13 @@ def accuracy_summary(source: GroundTruthSource, published: list[FrameRecord], co
     return out
 
 
-def errors_of(records: list[FrameRecord]) -> tuple[np.ndarray, np.ndarray]:
-    est = np.array([r.pose.position for r in records])
+def errors_of(records: list[FrameRecord], coarse: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Position (m) and rotation (deg) errors of the published poses, or the network's own
+    (``coarse``) in replays with refinement."""
+    poses = [r.coarse_pose if coarse else r.pose for r in records]
+    est = np.array([p.position for p in poses])
     gt = np.array([r.truth.position for r in records])
-    q_est = np.array([r.pose.quaternion for r in records])
+    q_est = np.array([p.quaternion for p in poses])
     q_gt = np.array([r.truth.quaternion for r in records])
     return position_error(est, gt), rotation_error_deg(q_est, q_gt)
 
@@ -405,11 +470,39 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         lines.append(
             "within: " + ", ".join(f"{threshold_label(m, d)} {err[threshold_key(m, d)]:.1%}" for m, d in THRESHOLDS)
         )
+    ref = summary.get("refinement")
+    if ref is not None:
+        lines += refinement_lines(ref)
     if summary.get("overruns"):
         lines.append(f"latency budget {summary['latency_budget_ms']:g} ms overrun by {summary['overruns']} frames")
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     if "read_error" in summary:
         lines.append(f"stopped early: {summary['read_error']}")
+    return lines
+
+
+def refinement_lines(ref: dict[str, Any]) -> list[str]:
+    """The summary's refinement as printed: attempts, rate, inliers, latency, coarse vs refined."""
+    lat = ref["latency_ms"]
+    line = f"refinement ({ref['map']}): refined {ref['refined']} of {ref['attempts']} frames"
+    if ref["attempts"]:
+        line += f" ({ref['rate']:.1%})"
+    if ref["inliers_median"] is not None:
+        line += f", median {ref['inliers_median']:.0f} inliers"
+    if lat["p50"] is not None:
+        line += f"; refinement latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms"
+    lines = [line]
+    if ref["not_refined"]:
+        lines.append("not refined: " + ", ".join(f"{k} {v}" for k, v in ref["not_refined"].items()))
+    errors = ref.get("errors")
+    if errors is not None:
+        for name, label in (("coarse", "PoseNet (coarse)"), ("refined", "with refinement")):
+            e = errors[name]
+            within = ", ".join(f"{threshold_label(m, d)} {e[threshold_key(m, d)]:.1%}" for m, d in THRESHOLDS)
+            lines.append(
+                f"{label}: median {e['median_position_m']:.4f} m / {e['median_rotation_deg']:.3f} deg, "
+                f"p95 {e['p95_position_m']:.3f} m / {e['p95_rotation_deg']:.2f} deg; within: {within}"
+            )
     return lines
 
 
@@ -429,10 +522,17 @@ def write_report(result: ReplayResult, out: Path) -> Path:
         summary["segments"] = len(segments)
         pos, rot = errors_of(paired)
         estimates = {"PoseNet": np.array([r.pose.position for r in paired])}
+        series = {"PoseNet": (pos, rot)}
+        if "refinement" in summary and all(r.coarse_pose is not None for r in paired):
+            estimates = {
+                "PoseNet (coarse)": np.array([r.coarse_pose.position for r in paired]),
+                "with refinement": estimates["PoseNet"],
+            }
+            series = {"PoseNet (coarse)": errors_of(paired, coarse=True), "with refinement": (pos, rot)}
         plots.append(plot_trajectory_top(truth, estimates, out / "trajectory_top.png", title, segments))
         t = (stamps - stamps[0]) / 1e9
         plots.append(plot_error_over_time(t, pos, rot, out / "error_over_time.png", title, segments))
-        plots.append(plot_error_cdf({"PoseNet": (pos, rot)}, out / "error_cdf.png", title))
+        plots.append(plot_error_cdf(series, out / "error_cdf.png", title))
     elif done:
         segments = time_segments(np.array([r.stamp_ns for r in done]))
         summary["segments"] = len(segments)
@@ -443,7 +543,7 @@ def write_report(result: ReplayResult, out: Path) -> Path:
         plots.append(plot_latency_histogram(latency, out / "latency_hist.png", title, summary["latency_budget_ms"]))
     summary["plots"] = [p.name for p in plots]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _write_frames_csv(records, out / "frames.csv")
+    _write_frames_csv(records, out / "frames.csv", refinement="refinement" in summary)
     notes = [*summary.get("recording_damage", []), *summary.get("warnings", [])]
     return write_index_html(out, title, report_tables(summary), plots, ("summary.json", "frames.csv"), notes)
 
@@ -502,7 +602,40 @@ def report_tables(summary: dict[str, Any]) -> list[Table]:
                 ("rotation error median / mean / p95", _triple(err, "rotation_deg", "deg", 2)),
             ]
             rows += [(f"within {m} m and {d:g} deg", f"{err[threshold_key(m, d)]:.1%}") for m, d in THRESHOLDS]
+        ref_errors = summary.get("refinement", {}).get("errors")
+        if ref_errors is not None:  # the published errors are the refined ones: each row as a pair
+            c, r = ref_errors["coarse"], ref_errors["refined"]
+            rows = rows[:2]
+            kinds = (("position_m", "position", "m", 4), ("rotation_deg", "rotation", "deg", 3))
+            for name, label, unit, digits in kinds:
+                rows += [
+                    (f"{label} error median / mean / p95, PoseNet (coarse)", _triple(c, name, unit, digits)),
+                    (f"{label} error median / mean / p95, with refinement", _triple(r, name, unit, digits)),
+                ]
+            rows += [
+                (f"within {m} m and {d:g} deg, PoseNet (coarse) / with refinement", f"{c[k]:.1%} / {r[k]:.1%}")
+                for m, d in THRESHOLDS
+                for k in [threshold_key(m, d)]
+            ]
         tables.append(Table("Accuracy", ("", ""), rows))
+    ref = summary.get("refinement")
+    if ref is not None:
+        k, lat = ref["intrinsics"], ref["latency_ms"]
+        rows = [
+            ("map", f"{ref['map']} ({ref['map_images']} images, {ref['map_points']:,} points)"),
+            (
+                "intrinsics",
+                f"fx {k['fx']:.2f} fy {k['fy']:.2f} cx {k['cx']:.2f} cy {k['cy']:.2f} at "
+                f"{k['width']}x{k['height']} ({ref['intrinsics_source']})",
+            ),
+            ("frames refinement ran on", ref["attempts"]),
+            ("refined", ref["refined"]),
+            ("rate", f"{ref['rate']:.1%}" if ref["rate"] is not None else "-"),
+            ("inliers median", f"{ref['inliers_median']:.0f}" if ref["inliers_median"] is not None else "-"),
+            ("refinement latency median / p95", f"{_ms(lat['p50'])} / {_ms(lat['p95'])}"),
+        ]
+        rows += [(f"not refined: {reason}", n) for reason, n in ref["not_refined"].items()]
+        tables.append(Table("Refinement", ("", ""), rows))
     return tables
 
 
@@ -533,6 +666,21 @@ FRAMES_CSV_COLUMNS = [
     "gt_qz",
     "reason",
 ]
+# Appended in replays with refinement (--map): whether the published pose is the refined one, the
+# PnP inliers, the network's own pose, refinement's time and why a frame was not refined.
+REFINE_CSV_COLUMNS = [
+    "refined",
+    "inliers",
+    "coarse_x",
+    "coarse_y",
+    "coarse_z",
+    "coarse_qw",
+    "coarse_qx",
+    "coarse_qy",
+    "coarse_qz",
+    "refine_ms",
+    "refine_reason",
+]
 
 
 def _pose_cells(pose: Pose | None) -> list[str]:
@@ -540,14 +688,22 @@ def _pose_cells(pose: Pose | None) -> list[str]:
     return [repr(float(v)) for v in (*pose.position, *pose.quaternion)] if pose else [""] * 7
 
 
-def _write_frames_csv(records: list[FrameRecord], path: Path) -> None:
-    """Every image message: stamp, status, estimate, crops, latency, ground truth where known."""
+def _write_frames_csv(records: list[FrameRecord], path: Path, refinement: bool = False) -> None:
+    """Every image message: stamp, status, estimate, crops, latency, ground truth where known; with
+    ``refinement`` also REFINE_CSV_COLUMNS (empty where refinement did not run)."""
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(FRAMES_CSV_COLUMNS)
+        w.writerow(FRAMES_CSV_COLUMNS + (REFINE_CSV_COLUMNS if refinement else []))
         for r in records:
             crops, latency = (r.crops, f"{r.latency_ms:.3f}") if r.pose else ("", "")
             std = repr(r.position_std) if r.position_std is not None else ""
             score = repr(r.uncertainty_score) if r.uncertainty_score is not None else ""
             cells = [r.stamp_ns, r.status, *_pose_cells(r.pose), crops, latency, std, score, *_pose_cells(r.truth)]
-            w.writerow([*cells, r.reason])
+            cells.append(r.reason)
+            if refinement:
+                if r.refine_attempted:
+                    cells += [int(r.refined), r.inliers, *_pose_cells(r.coarse_pose), f"{r.refine_ms:.3f}"]
+                    cells.append(r.refine_reason)
+                else:
+                    cells += [""] * len(REFINE_CSV_COLUMNS)
+            w.writerow(cells)
