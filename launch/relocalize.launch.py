@@ -14,6 +14,7 @@ from launch import LaunchDescription
 
 ARGUMENTS = (
     ("model", "models/posenet_demo.pt", "TorchScript model: absolute, or relative to the package share dir"),
+    ("map", "", "3D map for refinement (posenet-train map): absolute, or relative to the share dir; empty: off"),
     ("image_topic", "/camera/image_raw", "camera image topic (the node adds /compressed when compressed:=true)"),
     ("compressed", "false", "subscribe to sensor_msgs/CompressedImage on <image_topic>/compressed"),
     ("params_file", "", "parameter YAML; empty: config/relocalize.yaml from the package share dir"),
@@ -33,6 +34,7 @@ def generate_launch_description():
     params_file = PythonExpression(["'", cfg["params_file"], "' or '", default_params, "'"])
     overrides = {
         "model_path": cfg["model"],
+        "map_path": cfg["map"],
         "compressed": ParameterValue(cfg["compressed"], value_type=bool),
         "use_sim_time": ParameterValue(cfg["use_sim_time"], value_type=bool),
         "device": cfg["device"],

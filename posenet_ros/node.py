@@ -112,7 +112,9 @@ class RelocalizerNode(Node):
         self._declare_parameters()
         s = self.settings
         model_path = resolve_model_path(s.model_path, _share_dir())
-        self.engine = Engine(model_path, s.engine_config())  # EngineError: main() logs it and exits non-zero
+        map_path = resolve_model_path(s.map_path, _share_dir()) if s.map_path else None
+        # EngineError (a bad model, a map of another scene): main() logs it and exits non-zero.
+        self.engine = Engine(model_path, s.engine_config(map_path=map_path))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.converter = ImageConverter(self.get_logger())
         self.slot = LatestFrameSlot()
@@ -139,7 +141,8 @@ class RelocalizerNode(Node):
         self.get_logger().info(
             f"loaded {model_path} (scene {c.scene.name}, input {c.preprocessing.input_width}x"
             f"{c.preprocessing.input_height}) on {self.engine.device}; image converter {self.converter.name}; "
-            f"tf_mode {s.tf_mode}, pose of {'base ' + s.base_frame if s.pose_of_base else 'the camera'}"
+            f"tf_mode {s.tf_mode}, pose of {'base ' + s.base_frame if s.pose_of_base else 'the camera'}; "
+            f"refinement {'against ' + str(map_path) if map_path and s.refine != 'off' else 'off'}"
         )
 
     # -- parameters ------------------------------------------------------------------------------

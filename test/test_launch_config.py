@@ -15,6 +15,7 @@ LAUNCH = ROOT / "launch" / "relocalize.launch.py"
 CONFIG = ROOT / "config" / "relocalize.yaml"
 REQUIRED_ARGS = {
     "model",
+    "map",
     "image_topic",
     "compressed",
     "params_file",
@@ -65,7 +66,7 @@ def test_yaml_has_a_comment_on_every_parameter_line() -> None:
 def test_launch_arguments_and_overrides_match_the_node() -> None:
     args = launch_arguments()
     assert set(args) == REQUIRED_ARGS
-    assert args["model"] == SPECS["model_path"].default
+    assert args["model"] == SPECS["model_path"].default and args["map"] == SPECS["map_path"].default
     assert args["device"] == SPECS["device"].default and args["tf_mode"] == SPECS["tf_mode"].default
     assert launch_overrides() <= {p.name for p in PARAMETERS} | {"use_sim_time"}
     assert {"model_path", "compressed", "device", "tf_mode", "use_sim_time"} <= launch_overrides()

@@ -38,10 +38,19 @@ def run_node(bed: RosTestbed, model: Path, *params: str, ros_args: tuple[str, ..
     return bed.start(argv)
 
 
-def image_msg(stamp_ns_: int, seed: int = 0, encoding: str = "rgb8", padding: int = 0, frame: str = "camera_optical"):
-    rng = np.random.default_rng(seed)
-    channels = {"mono8": 1, "rgba8": 4, "bgra8": 4}.get(encoding, 3)
-    raw = encode_image(rng.integers(0, 256, (48, 64, channels), dtype=np.uint8), encoding, row_padding=padding)
+def image_msg(
+    stamp_ns_: int,
+    seed: int = 0,
+    encoding: str = "rgb8",
+    padding: int = 0,
+    frame: str = "camera_optical",
+    pixels: np.ndarray | None = None,
+):
+    """An Image of ``pixels`` (default: 64x48 of seeded noise in ``encoding``)."""
+    if pixels is None:
+        channels = {"mono8": 1, "rgba8": 4, "bgra8": 4}.get(encoding, 3)
+        pixels = np.random.default_rng(seed).integers(0, 256, (48, 64, channels), dtype=np.uint8)
+    raw = encode_image(pixels, encoding, row_padding=padding)
     msg = Image(height=raw.height, width=raw.width, encoding=raw.encoding, step=raw.step, data=bytes(raw.data))
     msg.header.frame_id = frame
     msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns_, 1_000_000_000)
@@ -606,4 +615,55 @@ def test_precision_auto_reports_what_it_chose(bed: RosTestbed, tiny_file: tuple[
     send_until(pub, image_msg(now_ns(bed)), poses)
     precision = wait_for(lambda: diags and latest_status(diags)[2].get("precision"), what="/diagnostics")
     assert precision in ("fp32", "bf16"), precision
+    assert_clean_exit(node, signal.SIGINT)
+
+
+@pytest.fixture(scope="module")
+def demo_room_with_map(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Frames of the demo model's room (as it was trained on them) and a map of two training walks."""
+    from posenet_train.scene_map import MapConfig, build_map
+    from posenet_train.synth import SynthConfig, render_dataset
+
+    root = tmp_path_factory.mktemp("refine_room")
+    cfg = SynthConfig(
+        train_sequences=2, test_sequences=1, frames_per_sequence=40, width=256, height=192, heading_spread_deg=50
+    )
+    render_dataset(cfg, root / "room", progress=False)
+    build_map(root / "room", root / "room_map.npz", MapConfig(), scene="synthetic_room")
+    return root / "room", root / "room_map.npz"
+
+
+def test_poses_refined_against_a_map_are_centimetre_accurate(
+    bed: RosTestbed, demo_room_with_map: tuple[Path, Path]
+) -> None:
+    """map_path: the node refines PoseNet's pose against the scene's map (SIFT + PnP) and publishes
+    the refined pose, within a few centimetres of the rendered ground truth; /diagnostics counts it."""
+    import cv2
+
+    from posenet_train.datasets import read_poses_csv, split_records
+
+    room, map_path = demo_room_with_map
+    covs = bed.collect(PoseWithCovarianceStamped, POSE_COV)
+    diags = bed.collect(DiagnosticArray, "/diagnostics")
+    pub = bed.publisher(Image, CAMERA, reliable=True)
+    model = ROOT / "models" / "posenet_demo.pt"
+    node = run_node(bed, model, f"map_path:={map_path}")
+    bed.wait_matched(pub)
+    frames = split_records(read_poses_csv(room / "poses.csv"), "test")[::5]
+    truth = {}
+    for k, rec in enumerate(frames):
+        stamp = 1_700_000_000_000_000_000 + k * 100_000_000
+        rgb = cv2.cvtColor(cv2.imread(str(room / rec.image)), cv2.COLOR_BGR2RGB)
+        send_until(pub, image_msg(stamp, pixels=rgb), covs)
+        truth[stamp] = rec.pose()
+    got = {stamp_ns(c): c for c in dedupe(covs)}
+    assert set(got) == set(truth)
+    errors = [np.linalg.norm(pose_matrix(got[s].pose.pose)[:3, 3] - truth[s].position) for s in truth]
+    assert sum(e < 0.05 for e in errors) >= 0.75 * len(errors), errors  # PoseNet alone: about 0.23 m
+    values = wait_for(
+        lambda: diags and int(latest_status(diags)[2]["refine_attempts"]) == len(truth) and latest_status(diags)[2],
+        what="/diagnostics counting every frame's refinement",
+    )
+    assert int(values["refined"]) >= 0.75 * len(truth)
+    assert "refinement against" in node.output
     assert_clean_exit(node, signal.SIGINT)

@@ -35,6 +35,8 @@ class NodeStats:
         self.overruns = 0
         self.tf_failures = 0
         self.tf_conflicts = 0
+        self.refine_attempts = 0  # frames refined against a map, or tried
+        self.refined = 0
         self.position_std_last: float | None = None
         self.uncertainty_score_last: float | None = None  # position std / the model's calibrated reference
         self.last_drop_reason = ""
@@ -57,6 +59,8 @@ class NodeStats:
     def record(self, loc: Localization, position_std_m: float, wall_time: float | None = None) -> None:
         with self._lock:
             self.published += 1
+            self.refine_attempts += int(loc.refine_attempted)
+            self.refined += int(loc.refined)
             self.position_std_last = position_std_m
             self.uncertainty_score_last = loc.uncertainty_score
             self.overruns += int(loc.overrun)
@@ -91,6 +95,8 @@ class NodeStats:
                 "overruns": self.overruns,
                 "tf_failures": self.tf_failures,
                 "tf_conflicts": self.tf_conflicts,
+                "refine_attempts": self.refine_attempts,
+                "refined": self.refined,
                 "position_std_last_m": self.position_std_last if self.position_std_last is not None else float("nan"),
                 "uncertainty_score_last": (
                     self.uncertainty_score_last if self.uncertainty_score_last is not None else float("nan")

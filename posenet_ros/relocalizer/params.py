@@ -35,6 +35,20 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "map_path",
+        "",
+        "3D map of the scene for refinement (posenet-train map); absolute or relative to the share dir; "
+        "empty: PoseNet's pose only",
+        read_only=True,
+    ),
+    ParamSpec(
+        "refine",
+        "always",
+        "with map_path: always (every frame, against the map's camera) or off (map loaded, not used)",
+        read_only=True,
+        choices=("always", "off"),
+    ),
+    ParamSpec(
         "backend",
         "auto",
         "torchscript, or onnxruntime for a .onnx model (CPU); auto: by the file name",
@@ -166,6 +180,8 @@ class NodeSettings:
             latency_budget_ms=self.latency_budget_ms or None,
             uncertainty=self.uncertainty,
             mc_samples=self.mc_samples,
+            map_path=self.map_path or None,
+            refine=self.refine,
         )
         return replace(config, **overrides)
 
