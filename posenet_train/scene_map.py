@@ -22,7 +22,6 @@ known poses and intrinsics the DLT above is the same estimate without that round
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,25 +31,20 @@ import numpy as np
 
 from posenet_ros.geometry import (
     Pose,
-    position_error,
     quat_multiply,
     quat_to_matrix,
-    rotation_error_deg,
     rotation_vector_to_quat,
 )
 from posenet_ros.refine import (
     FeatureConfig,
     Intrinsics,
     MapError,
-    RefineConfig,
     SceneMap,
     extract_features,
-    load_map,
     match_descriptors,
-    refine_pose,
     save_map,
 )
-from posenet_train.datasets import DatasetError, PoseRecord, read_poses_csv, split_records
+from posenet_train.datasets import PoseRecord, read_poses_csv, split_records
 
 
 @dataclass(frozen=True)
@@ -406,7 +400,7 @@ def build_map(
     return scene_map
 
 
-# -- measuring refinement on a data set's test split --------------------------------------------
+# -- for measuring refinement: coarse poses with a known error ---------------------------------
 
 
 def perturbed(pose: Pose, metres: float, degrees: float, rng: np.random.Generator) -> Pose:
@@ -415,149 +409,3 @@ def perturbed(pose: Pose, metres: float, degrees: float, rng: np.random.Generato
     a = rng.normal(size=3)
     turn = rotation_vector_to_quat(a / np.linalg.norm(a) * np.radians(degrees))
     return Pose(pose.position + d / np.linalg.norm(d) * metres, quat_multiply(turn, pose.quaternion))
-
-
-def measure_refinement(
-    dataset: str | Path,
-    map_path: str | Path,
-    model: str | Path | None = None,
-    perturb_m: float = 0.3,
-    perturb_deg: float = 5.0,
-    every: int = 1,
-    refine_cfg: RefineConfig | None = None,
-    seed: int = 0,
-    progress: bool = False,
-) -> dict:
-    """Coarse and refined errors on the test split of ``dataset``. The coarse pose is the model's
-    (``posenet_ros.engine.Engine(model).localize``) or, without a model, the ground truth perturbed
-    by ``perturb_m`` / ``perturb_deg``."""
-    dataset = Path(dataset)
-    scene_map = load_map(map_path)
-    intr = dataset_intrinsics(dataset)
-    records = split_records(read_poses_csv(dataset / "poses.csv"), "test")[::every]
-    engine = None
-    if model is not None:
-        from posenet_ros.engine import Engine
-
-        engine = Engine(model)
-    rng = np.random.default_rng(seed)
-    rows = []
-    it = records
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(records, desc="refine", unit="frame")
-    for r in it:
-        img = read_rgb(dataset / r.image)
-        gt = r.pose()
-        t0 = time.perf_counter()
-        coarse = engine.localize(img, "rgb8").pose if engine else perturbed(gt, perturb_m, perturb_deg, rng)
-        coarse_ms = (time.perf_counter() - t0) * 1e3
-        res = refine_pose(img, intr, coarse, scene_map, refine_cfg)
-        rows.append(
-            (
-                float(position_error(coarse.position, gt.position)),
-                float(rotation_error_deg(coarse.quaternion, gt.quaternion)),
-                float(position_error(res.pose.position, gt.position)),
-                float(rotation_error_deg(res.pose.quaternion, gt.quaternion)),
-                float(res.refined),
-                res.timings.total_ms,
-                coarse_ms,
-                res.inliers,
-                res.timings.features_ms,
-                res.timings.match_ms,
-                res.timings.pnp_ms,
-            )
-        )
-    a = np.array(rows)
-    ok = a[:, 4] > 0
-
-    def within(p: np.ndarray, q: np.ndarray, m: float, d: float) -> float:
-        return float(np.mean((p <= m) & (q <= d)))
-
-    return {
-        "dataset": str(dataset),
-        "map": str(map_path),
-        "coarse": "model " + str(model) if model else f"ground truth perturbed {perturb_m} m / {perturb_deg} deg",
-        "frames": len(rows),
-        "refined_fraction": float(ok.mean()),
-        "coarse_median_m_deg": [float(np.median(a[:, 0])), float(np.median(a[:, 1]))],
-        "refined_median_m_deg": [float(np.median(a[:, 2])), float(np.median(a[:, 3]))],
-        "refined_only_median_m_deg": [float(np.median(a[ok, 2])), float(np.median(a[ok, 3]))] if ok.any() else None,
-        "coarse_within_0.25m_2deg": within(a[:, 0], a[:, 1], 0.25, 2.0),
-        "refined_within_0.25m_2deg": within(a[:, 2], a[:, 3], 0.25, 2.0),
-        "refined_within_0.03m_0.5deg": within(a[:, 2], a[:, 3], 0.03, 0.5),
-        "refine_ms_median_p95": [float(np.median(a[:, 5])), float(np.percentile(a[:, 5], 95))],
-        "coarse_ms_median_p95": [float(np.median(a[:, 6])), float(np.percentile(a[:, 6], 95))],
-        "inliers_median": float(np.median(a[:, 7])),
-        "refine_stage_ms_median": {
-            "features": float(np.median(a[:, 8])),
-            "matching": float(np.median(a[:, 9])),
-            "pnp": float(np.median(a[:, 10])),
-        },
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m posenet_train.scene_map build DATASET --out MAP`` and
-    ``python -m posenet_train.scene_map measure DATASET MAP [--model MODEL]`` (until ``posenet-train
-    map`` is wired in)."""
-    import argparse
-
-    d, f, rc = MapConfig(), FeatureConfig(), RefineConfig()
-    p = argparse.ArgumentParser(prog="python -m posenet_train.scene_map")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="3D map of a data set's training images (known poses, intrinsics)")
-    b.add_argument("dataset")
-    b.add_argument("--out", required=True, help="map file (.npz)")
-    b.add_argument("--every", type=int, default=d.every, help="use every n-th training image")
-    b.add_argument("--max-images", type=int, default=d.max_images, help="at most this many images (0: all)")
-    b.add_argument("--max-size", type=int, default=f.max_size, help="longer image side features are detected at")
-    b.add_argument("--max-features", type=int, default=f.max_features, help="SIFT features per image")
-    b.add_argument("--pairs", type=int, default=d.pairs_k, help="nearest images matched per image")
-    b.add_argument("--scene", default=None, help="scene name (default: scene.json's, else the folder name)")
-    m = sub.add_parser("measure", help="coarse vs refined errors on the test split")
-    m.add_argument("dataset")
-    m.add_argument("map")
-    m.add_argument("--model", default=None, help="PoseNet model for the coarse pose (default: perturbed truth)")
-    m.add_argument("--perturb-m", type=float, default=0.3)
-    m.add_argument("--perturb-deg", type=float, default=5.0)
-    m.add_argument("--every", type=int, default=1, help="use every n-th test frame")
-    m.add_argument("--k-images", type=int, default=rc.k_images, help="map images matched per query")
-    args = p.parse_args(argv)
-    try:
-        if args.cmd == "build":
-            cfg = MapConfig(
-                features=FeatureConfig(max_size=args.max_size, max_features=args.max_features),
-                every=args.every,
-                max_images=args.max_images,
-                pairs_k=args.pairs,
-            )
-            t0 = time.perf_counter()
-            sm = build_map(args.dataset, args.out, cfg, scene=args.scene, progress=True)
-            size = Path(args.out).stat().st_size
-            print(
-                json.dumps(
-                    {**sm.build, "file_mb": round(size / 2**20, 2), "wall_s": round(time.perf_counter() - t0, 1)}
-                )
-            )
-        else:
-            out = measure_refinement(
-                args.dataset,
-                args.map,
-                args.model,
-                args.perturb_m,
-                args.perturb_deg,
-                args.every,
-                RefineConfig(k_images=args.k_images),
-                progress=True,
-            )
-            print(json.dumps(out, indent=1))
-    except (MapError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
