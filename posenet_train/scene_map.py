@@ -91,7 +91,10 @@ def dataset_intrinsics(folder: str | Path) -> Intrinsics:
     pass them explicitly."""
     path = Path(folder) / "scene.json"
     if not path.is_file():
-        raise MapError(f"{folder}: no intrinsics (no scene.json); refinement needs them: give --fx --fy --cx --cy")
+        raise MapError(
+            f"{folder}: no camera intrinsics (no scene.json); a map needs them, and so far only data sets "
+            "from posenet-train synth record them"
+        )
     try:
         cam = json.loads(path.read_text())["camera"]
         k = np.asarray(cam["intrinsics"], dtype=np.float64)

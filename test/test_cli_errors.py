@@ -429,3 +429,14 @@ def test_replay_gt_max_gap_beyond_int64_nanoseconds_is_refused(bag: Path, capsys
     argv = ["replay", str(bag), "--model", str(DEMO_MODEL), "--gt-topic", "/gt", "--gt-max-gap", "inf"]
     code, _, err = run(ros_cli.main, argv, capsys)
     one_line_error(code, err, "posenet-ros: error: --gt-max-gap must be > 0 and at most")
+
+
+def test_map_of_a_data_set_without_intrinsics_is_one_line_naming_what_is_missing(tmp_path: Path, capsys) -> None:
+    from posenet_train.cli import main as train_main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "poses.csv").write_text("image,split,x,y,z,qw,qx,qy,qz\na.png,train,0,0,0,1,0,0,0\n")
+    assert train_main(["map", str(data), "--out", str(tmp_path / "m.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no camera intrinsics" in err[0] and "--fx" not in err[0], err
