@@ -14,15 +14,19 @@ import torch
 from posenet_ros import engine as engine_mod
 from posenet_ros import geometry as g
 from posenet_ros.engine import (
+    AUTO_BUDGET_S,
+    AUTO_MIN_ROUNDS,
     AUTO_MIN_SPEEDUP,
     AUTO_POSITION_FRACTION,
     AUTO_ROTATION_DEG,
+    AUTO_ROUNDS,
     Engine,
     EngineConfig,
     EngineError,
     PrecisionTrial,
     choose_precision,
     cpu_bf16_support,
+    forward_cost_ms,
     measure_precisions,
     warmup_frames,
 )
@@ -192,7 +196,7 @@ def test_start_up_measurement_compares_each_precision_with_fp32(tiny_file) -> No
     trials = measure_precisions({"fp32": fp32, "bf16": bf16}, batches, contract.output, warmup=1, rounds=3)
     assert trials["fp32"].position_max_m == trials["fp32"].rotation_max_deg == 0.0
     assert 0 < trials["bf16"].position_max_m < 0.05 * max(contract.scene.extent) and trials["bf16"].non_finite == 0
-    assert all(t.median_ms > 0 for t in trials.values())
+    assert all(t.forward_ms > 0 and t.median_ms >= t.forward_ms and t.rounds == 3 for t in trials.values())
 
 
 @pytest.mark.skipif(cpu_bf16_support() is None, reason="this CPU has no native bf16 (AMX-BF16 or AVX512-BF16)")
@@ -204,3 +208,87 @@ def test_auto_on_the_demo_model_agrees_with_fp32_where_bf16_is_native() -> None:
     bf16 = engine.precision_trials["bf16"]
     assert bf16.agrees(max(engine.contract.scene.extent)), bf16
     assert engine.precision in ("fp32", "bf16") and engine.precision in engine.precision_reason
+
+
+class SimulatedMachine:
+    """A clock (seconds) and modules that advance it: each call costs the module's unloaded time,
+    plus ``load_ms`` on the calls listed in ``loaded`` (the n-th call overall). Deterministic, so the
+    timing rule is tested without depending on this machine's speed or load."""
+
+    def __init__(self, cost_ms: dict[str, float], loaded: dict[int, float] | None = None) -> None:
+        self.now, self.calls, self.cost_ms, self.loaded = 0.0, 0, cost_ms, loaded or {}
+        self.log: list[str] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def module(self, name: str):
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            self.now += (self.cost_ms[name] + self.loaded.get(self.calls, 0.0)) / 1000.0
+            self.calls += 1
+            self.log.append(name)
+            return torch.tensor([[0.1, 0.2, 0.3, 1.0, 0.0, 0.0, 0.0]]).expand(len(batch), 7)
+
+        return forward
+
+
+def simulated_trials(machine: SimulatedMachine, **kwargs) -> dict[str, PrecisionTrial]:
+    from posenet_ros.contract import OutputSpec
+
+    modules = {name: machine.module(name) for name in ("fp32", "bf16")}
+    batches = [torch.zeros(1, 3, 8, 8)]
+    machine.calls = 0
+    return measure_precisions(modules, batches, OutputSpec(), warmup=1, clock=machine.clock, **kwargs)
+
+
+def test_loaded_rounds_do_not_flip_auto_s_choice() -> None:
+    """bf16 twice as fast as fp32 unloaded; another process takes the core for a third of bf16's
+    timed runs and none of fp32's (the worst case for a median: it read bf16 slower). The low
+    quantile still reads the unloaded costs and keeps bf16; a median would have flipped to fp32."""
+    warm_calls = 2 * 2  # warm-up + one batch per module before the timed rounds
+    clean = SimulatedMachine({"fp32": 20.0, "bf16": 10.0})
+    clean_trials = simulated_trials(clean)
+    assert clean_trials["bf16"].rounds == clean_trials["fp32"].rounds == AUTO_ROUNDS  # 0.75 s < budget
+    # bf16's timed calls: the rounds alternate the order, so bf16 is call 1 of even rounds, 0 of odd ones.
+    bf16_calls = [warm_calls + 2 * r + (1 if r % 2 == 0 else 0) for r in range(AUTO_ROUNDS)]
+    loaded = {c: 40.0 for c in bf16_calls[::3]}  # 9 of 25 rounds: 50 ms instead of 10
+    loaded |= {c: 25.0 for c in bf16_calls[1::3]}  # and 8 more at 35 ms
+    trials = simulated_trials(SimulatedMachine({"fp32": 20.0, "bf16": 10.0}, loaded))
+    assert trials["bf16"].median_ms > 20.0 * 1.0  # the median would call bf16 no faster than fp32
+    assert trials["bf16"].forward_ms == pytest.approx(10.0) and trials["fp32"].forward_ms == pytest.approx(20.0)
+    assert choose_precision(trials, EXTENT)[0] == choose_precision(clean_trials, EXTENT)[0] == "bf16"
+    # Load on fp32's runs instead cannot make bf16 look slower either; and load on both alike keeps it.
+    fp32_loaded = {c - 1 if (c - warm_calls) % 4 == 1 else c + 1: 60.0 for c in bf16_calls[::2]}
+    assert (
+        choose_precision(simulated_trials(SimulatedMachine({"fp32": 20.0, "bf16": 10.0}, fp32_loaded)), EXTENT)[0]
+        == "bf16"
+    )
+
+
+def test_a_loaded_slower_precision_is_not_picked() -> None:
+    """The other way round: bf16 slower than fp32 unloaded (emulated bf16); fp32's runs loaded in
+    most rounds must not make bf16 look faster."""
+    warm_calls = 4
+    fp32_calls = [warm_calls + 2 * r + (0 if r % 2 == 0 else 1) for r in range(AUTO_ROUNDS)]
+    loaded = {c: 80.0 for i, c in enumerate(fp32_calls) if i % 3 != 0}  # two rounds in three loaded
+    trials = simulated_trials(SimulatedMachine({"fp32": 20.0, "bf16": 25.0}, loaded))
+    assert trials["fp32"].median_ms == pytest.approx(100.0)  # the median would pick bf16 (25 ms)
+    assert trials["fp32"].forward_ms == pytest.approx(20.0) and trials["fp32"].rounds < AUTO_ROUNDS  # budget
+    assert choose_precision(trials, EXTENT)[0] == "fp32"
+
+
+def test_timing_rounds_alternate_the_order_and_stop_at_the_budget() -> None:
+    machine = SimulatedMachine({"fp32": 200.0, "bf16": 150.0})  # a slow machine: 0.35 s a round
+    trials = simulated_trials(machine)
+    timed = machine.log[4:]
+    assert timed[:4] == ["fp32", "bf16", "bf16", "fp32"]
+    # Rounds stop once the budget is spent: 1.5 s / 0.35 s -> 5 rounds, and never fewer than the minimum.
+    assert trials["fp32"].rounds == trials["bf16"].rounds == max(AUTO_MIN_ROUNDS, int(AUTO_BUDGET_S / 0.35) + 1)
+    slow = simulated_trials(SimulatedMachine({"fp32": 2000.0, "bf16": 1500.0}))
+    assert slow["fp32"].rounds == AUTO_MIN_ROUNDS
+    assert simulated_trials(SimulatedMachine({"fp32": 2.0, "bf16": 1.0}), rounds=3)["fp32"].rounds == 3
+
+
+def test_forward_cost_is_a_low_quantile() -> None:
+    assert forward_cost_ms([10.0] * 20 + [100.0] * 5) == 10.0
+    assert forward_cost_ms([10.0, 11.0, 12.0, 13.0, 14.0, 50.0]) == pytest.approx(11.0)
