@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from posenet_ros.geometry import (
     rotation_error_deg,
 )
 from posenet_ros.model_files import torch_file_kind
-from posenet_ros.preprocess import CpuPreprocessor, InputError, TorchPreprocessor
+from posenet_ros.preprocess import CpuPreprocessor, InputError, TorchPreprocessor, check_image, resized_size
 from posenet_ros.refine import (
     Intrinsics,
     MapError,
@@ -101,7 +102,14 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
 BACKENDS = ("auto", "torchscript", "onnxruntime")
 CPU_CHUNK = 16  # crops per forward pass on the CPU
 MAX_MC_SAMPLES = 1024
-EXTRA_METHODS = ("features", "mc_dropout")  # exported besides forward (posenet_ros.model.PoseNet)
+EXTRA_METHODS = ("features", "mc_dropout", "mc_dropout_crops")  # exported besides forward (model.PoseNet)
+MC_CROPS_METHOD = "mc_dropout_crops"  # the paper's sampling (posenet_ros.model.PoseNet.mc_dropout_crops)
+# mc_dropout's sampling: "paper" (Bayesian PoseNet: per sample a random crop of the resized frame,
+# dropout on the inception5b output and after the final fully connected layer; the backbone runs
+# per sample), "head" (the first one: the centre crop, or config.crops crops, through the backbone
+# once, only the head's dropout sampled), "auto": paper where the file has it (exported by this
+# version or later), head for files from before it, which keep the figures they were calibrated with.
+MC_SAMPLINGS = ("auto", "paper", "head")
 ONNX_SUFFIX = ".onnx"
 
 
@@ -479,6 +487,8 @@ class EngineConfig:
     latency_budget_ms: float | None = None
     uncertainty: str = "crops"  # fixed | crops | mc_dropout (the model must list the mode)
     mc_samples: int = 40  # dropout samples per crop; under a budget, the most it may pick
+    mc_sampling: str = "auto"  # auto | paper | head (MC_SAMPLINGS); paper ignores crops: a crop per sample
+    mc_seed: int = 0  # the paper sampling's draws are seeded per frame by this and the frame's pixels
     warmup_iters: int = 5  # the profiling JIT specializes and fuses after a couple of runs
     # Refinement of the network's pose against a 3D map of the scene (docs/refinement.md).
     map_path: str | Path | None = None  # None: no refinement
@@ -589,6 +599,8 @@ class Engine:
         self.mc = config.uncertainty == "mc_dropout"
         if self.mc and not 2 <= config.mc_samples <= MAX_MC_SAMPLES:
             raise EngineError(f"mc_samples must be in 2..{MAX_MC_SAMPLES}, got {config.mc_samples}")
+        self.mc_sampling = self._resolve_mc_sampling() if self.mc else ""
+        self._full_frame: dict[tuple[int, int], Any] = {}  # paper sampling: whole-frame preprocessors
         self.calibration = self.contract.calibration.get(config.uncertainty)
         spec = self.contract.preprocessing
         # precision: what runs (config.precision may be auto); why, and auto's start-up figures.
@@ -618,6 +630,28 @@ class Engine:
         self.stats = EngineStats()
         self._load_map()
         self._warm_up()
+
+    def _resolve_mc_sampling(self) -> str:
+        """mc_dropout's sampling (MC_SAMPLINGS) for this file; one-line EngineError when "paper" is
+        asked of a file from before it."""
+        wanted = self.config.mc_sampling
+        if wanted not in MC_SAMPLINGS:
+            raise EngineError(f"unknown mc_sampling {wanted!r}; use one of {', '.join(MC_SAMPLINGS)}")
+        has = self.module is not None and hasattr(self.module, MC_CROPS_METHOD)
+        if wanted == "paper" and not has:
+            raise EngineError(
+                "mc_sampling paper needs a model exported with the paper's sampling (this file predates it); "
+                "export it again with posenet-train export --mc-dropout, or use mc_sampling head"
+            )
+        chosen = ("paper" if has else "head") if wanted == "auto" else wanted
+        log.info(
+            "mc_dropout sampling: %s",
+            "paper (a random crop and dropout on inception5b and the head per sample)"
+            if chosen == "paper"
+            else "head (centre crop, the head's dropout only)"
+            + ("; this file predates the paper's sampling" if not has else ""),
+        )
+        return chosen
 
     def _load_map(self) -> None:
         """Refinement's map and camera (``config.map_path``, ``config.intrinsics``); one-line
@@ -725,8 +759,63 @@ class Engine:
             raw = self.module.mc_dropout(batch.to(self.dtype), samples)
         return raw.float().cpu().numpy().astype(np.float64)
 
-    def _run(self, batch: torch.Tensor, count: int) -> np.ndarray:
-        return self._forward_mc(batch, count) if self.mc else self._forward(batch)
+    def _forward_mc_crops(self, batch: torch.Tensor, seed: int) -> np.ndarray:
+        """len(batch) x 7: one paper-sampling pose per crop, dropout drawn from torch's generator
+        seeded with ``seed`` (forked: the caller's generator state is left as it was). CPU batches
+        run in chunks of CPU_CHUNK, as crops do."""
+        cuda = self.device.type == "cuda"
+        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if cuda else []
+        step = len(batch) if cuda else CPU_CHUNK
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            torch.manual_seed(seed)
+            raw = torch.cat(
+                [self.module.mc_dropout_crops(batch[i : i + step].to(self.dtype)) for i in range(0, len(batch), step)]
+            )
+        return raw.float().cpu().numpy().astype(np.float64)
+
+    def mc_crops(
+        self, image: np.ndarray, encoding: str, samples: int
+    ) -> tuple[torch.Tensor, list[tuple[int, int]], int]:
+        """The paper sampling's input for a frame: ``samples`` crops of the frame resized as training
+        resizes it, at offsets drawn uniformly over the free range (training's random crops), their
+        (y, x) offsets in the resized frame, and the seed of the frame's dropout draws. Everything
+        is drawn from a generator seeded by ``config.mc_seed`` and a CRC of the frame's pixels, so a
+        frame gives the same samples whatever came before it. InputError for an unusable frame."""
+        image = check_image(image, encoding)
+        spec = self.contract.preprocessing
+        rh, rw = resized_size(image.shape[0], image.shape[1], spec.resize_shortest_side)
+        full = self._full_frame.get((rh, rw))
+        if full is None:
+            if len(self._full_frame) > 8:  # a camera changing size all the time: do not grow forever
+                self._full_frame.clear()
+            whole = replace(spec, input_height=rh, input_width=rw)  # the crop is the whole resized frame
+            full = self._full_frame[(rh, rw)] = (
+                TorchPreprocessor(whole, self.device, self.dtype)
+                if self.device.type == "cuda"
+                else CpuPreprocessor(whole)
+            )
+        crc = zlib.crc32(np.ascontiguousarray(image).data)
+        rng = np.random.default_rng([self.config.mc_seed, crc])
+        ys = rng.integers(0, rh - spec.input_height + 1, samples)
+        xs = rng.integers(0, rw - spec.input_width + 1, samples)
+        seed = int(rng.integers(0, 2**62))
+        frame = full(image, encoding, 1)
+        h, w = spec.input_height, spec.input_width
+        batch = torch.cat([frame[:, :, y : y + h, x : x + w] for y, x in zip(ys, xs, strict=True)])
+        offsets = [(int(y), int(x)) for y, x in zip(ys, xs, strict=True)]
+        return batch.contiguous(memory_format=torch.channels_last), offsets, seed
+
+    def _prepare(self, image: np.ndarray, encoding: str, crops: int, samples: int) -> tuple[torch.Tensor, int]:
+        """The network input of a frame and, for the paper sampling, its dropout seed (else 0)."""
+        if self.mc and self.mc_sampling == "paper":
+            batch, _, seed = self.mc_crops(image, encoding, samples)
+            return batch, seed
+        return self.preprocess(image, encoding, crops), 0
+
+    def _run(self, batch: torch.Tensor, count: int, seed: int = 0) -> np.ndarray:
+        if not self.mc:
+            return self._forward(batch)
+        return self._forward_mc_crops(batch, seed) if self.mc_sampling == "paper" else self._forward_mc(batch, count)
 
     def _forward(self, batch: torch.Tensor) -> np.ndarray:
         """N x 7 float64 network outputs. On the CPU, large crop batches run in chunks: past a
@@ -768,7 +857,8 @@ class Engine:
     def _time_frame(self, frame: np.ndarray, n: int) -> float:
         """ms for one frame with ``n`` crops (or ``n`` dropout samples per crop in mc_dropout mode)."""
         start = time.perf_counter()
-        self._run(self.preprocess(frame, "rgb8", self.config.crops if self.mc else n), n)
+        batch, seed = self._prepare(frame, "rgb8", self.config.crops if self.mc else n, n)
+        self._run(batch, n, seed)
         return (time.perf_counter() - start) * 1000.0
 
     # -- public API ----------------------------------------------------------------------------
@@ -777,8 +867,10 @@ class Engine:
         """Pose of the camera that took ``image`` (HxWxC uint8 in ``encoding``).
 
         ``crops`` forces a crop count; otherwise the latency budget picks it (or ``config.crops``
-        when no budget is set). In mc_dropout mode the centre crop is sampled ``mc_samples`` times
-        (or as many as the budget allows). With a map (``config.map_path``, refine "always") the
+        when no budget is set). In mc_dropout mode ``mc_samples`` poses are drawn (or as many as the
+        budget allows): with the paper sampling each from its own random crop (``mc_crops``;
+        ``Localization.crops`` is then the sample count), with the head sampling from the centre crop.
+        With a map (``config.map_path``, refine "always") the
         network's pose is refined against it (``posenet_ros.refine.refine_pose``); a frame that is
         not refined keeps the network's pose and says why (``Localization.refine_reason``). Under a
         latency budget the crop count leaves room for refinement's recent time. Raises ImageError
@@ -787,9 +879,10 @@ class Engine:
         refining = self.refining
         reserve = self._refine_ema_ms if refining else 0.0  # the budget leaves room for refinement
         if self.mc:
-            # Dropout samples of each of ``config.crops`` crops, pooled (one crop: the centre).
+            # Paper sampling: a random crop per sample. Head sampling: dropout samples of each of
+            # ``config.crops`` crops, pooled (one crop: the centre).
             samples = self.budget.choose(reserve) if self.budget.budget_ms is not None else self.config.mc_samples
-            crops, count = self.config.crops, samples
+            crops, count = (samples if self.mc_sampling == "paper" else self.config.crops), samples
         else:
             if crops is None:
                 crops = self.budget.choose(reserve) if self.budget.budget_ms is not None else self.config.crops
@@ -798,12 +891,12 @@ class Engine:
             samples, count = 0, crops
         t0 = time.perf_counter()
         try:
-            batch = self.preprocess(image, encoding, crops)
+            batch, seed = self._prepare(image, encoding, crops, samples)
         except InputError as exc:
             raise ImageError(str(exc)) from None
         intrinsics = self.intrinsics_for(image.shape[1], image.shape[0]) if refining else None
         t1 = time.perf_counter()
-        raw = self._run(batch, count)
+        raw = self._run(batch, count, seed)
         t2 = time.perf_counter()
         self.stats.frames += 1
         if not np.all(np.isfinite(raw)):

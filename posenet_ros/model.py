@@ -31,6 +31,12 @@ class PoseNetConfig:
     aux_fc_dim: int = 1024
     dropout: float = 0.5  # before the final regressor, as in the released PoseNet
     aux_dropout: float = 0.7
+    # Bayesian PoseNet (Kendall & Cipolla, ICRA 2016) samples dropout in two places: after the ninth
+    # inception module (inception5b, before the final pooling and regressor) and after the fully
+    # connected layer, both with p = 0.5 (the paper found dropout on every layer worse). This is the
+    # first one's rate. Only ``mc_dropout_crops`` applies it: the paper also trains with it, this
+    # package's training does not (yet), so training and ``forward`` are unchanged by it.
+    feature_dropout: float = 0.5
 
 
 class BasicConv2d(nn.Module):
@@ -104,6 +110,17 @@ class FinalPoseHead(nn.Module):
         return torch.cat([self.xyz(f), self.wxyz(f)], 1)
 
 
+def sampled_dropout(x: Tensor, p: float) -> Tensor:
+    """Dropout that is always on (Monte Carlo sampling): zero each element with probability ``p``,
+    scale the rest by 1 / (1 - p). The mask is a float32 ``torch.rand`` draw, not ``F.dropout``:
+    torch's CPU Bernoulli kernel takes another path on Intel CPUs than on others, so one seed gives
+    other masks there; uniform draws are the same on every CPU."""
+    if p <= 0.0:
+        return x
+    keep = torch.rand(x.shape, dtype=torch.float32, device=x.device) >= p
+    return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
+
+
 def normalize_pose_output(pose: Tensor) -> Tensor:
     """Unit quaternion with w >= 0 inside the graph, so every consumer gets the canonical form."""
     q = F.normalize(pose[:, 3:], dim=1, eps=1e-12)
@@ -113,9 +130,13 @@ def normalize_pose_output(pose: Tensor) -> Tensor:
 
 class PoseNet(nn.Module):
     # Methods besides forward that survive freezing in the exported file (see posenet_ros.export);
-    # mc_dropout only when the export asks for it.
-    EXPORTED_METHODS = ("features",)
+    # mc_dropout only when the export asks for it. mc_dropout_crops (the paper's sampling) is kept in
+    # every export: it needs nothing a plain export lacks, and the contract still lists the
+    # mc_dropout uncertainty mode only for --mc-dropout exports. Files from before it have only
+    # mc_dropout, which engines keep running as they did.
+    EXPORTED_METHODS = ("features", "mc_dropout_crops")
     MC_DROPOUT_METHOD = "mc_dropout"
+    MC_CROPS_METHOD = "mc_dropout_crops"
 
     def __init__(self, cfg: PoseNetConfig | None = None) -> None:
         super().__init__()
@@ -142,6 +163,7 @@ class PoseNet(nn.Module):
         self.pose_aux1 = AuxPoseHead(512, cfg)
         self.pose_aux2 = AuxPoseHead(528, cfg)
         self.pose_final = FinalPoseHead(cfg)
+        self.feature_dropout = float(cfg.feature_dropout)  # mc_dropout_crops only (PoseNetConfig)
         self._init_heads()
 
     def _init_heads(self) -> None:
@@ -177,11 +199,25 @@ class PoseNet(nn.Module):
 
     @torch.jit.export
     def mc_dropout(self, x: Tensor, samples: int) -> Tensor:
-        """Monte Carlo dropout (Bayesian PoseNet): ``samples`` poses per image with the final head's
-        dropout active, rows image-major ((B * samples, 7)). Dropout sits only behind the backbone,
-        so the backbone runs once per image and only the small head runs per sample."""
+        """Monte Carlo dropout, the first sampling of this package (files from before
+        ``mc_dropout_crops``): ``samples`` poses per image with only the final head's dropout active,
+        rows image-major ((B * samples, 7)). Dropout sits only behind the backbone, so the backbone
+        runs once per image and only the small head runs per sample."""
         f = self.features(x).repeat_interleave(samples, dim=0)
         f = F.dropout(f, p=self.pose_final.dropout.p, training=True)
+        return normalize_pose_output(torch.cat([self.pose_final.xyz(f), self.pose_final.wxyz(f)], 1))
+
+    @torch.jit.export
+    def mc_dropout_crops(self, x: Tensor) -> Tensor:
+        """Monte Carlo dropout as Bayesian PoseNet samples it: one pose per row of ``x`` ((S, 7) for
+        S crops, each sample its own crop of the frame, the caller draws them), with dropout active
+        on the inception5b output (``feature_dropout``, element-wise, before the final pooling) and
+        after the final fully connected layer (the head's rate). The backbone runs once per sample;
+        draws come from torch's default generator (the engine seeds it per frame), through
+        ``sampled_dropout``, so a seed gives the same masks on every CPU."""
+        x = self.backbone_4d_to_5b(self.backbone_4a_to_4d(self.backbone_to_4a(x)))
+        x = sampled_dropout(x, self.feature_dropout)
+        f = sampled_dropout(self.pose_final.features(x), self.pose_final.dropout.p)
         return normalize_pose_output(torch.cat([self.pose_final.xyz(f), self.pose_final.wxyz(f)], 1))
 
     def forward(self, x: Tensor) -> Tensor:

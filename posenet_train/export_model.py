@@ -3,6 +3,7 @@ with the full contract (preprocessing, position normalization, scene, training s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> PoseNet:
-    model = PoseNet(PoseNetConfig(final_fc_dim=ckpt["config"]["final_fc_dim"]))
+def model_from_checkpoint(ckpt: dict[str, Any], feature_dropout: float = PoseNetConfig.feature_dropout) -> PoseNet:
+    """The checkpoint's PoseNet in eval mode; ``feature_dropout``: the Monte Carlo sampling's rate
+    on the inception5b output (``PoseNetConfig.feature_dropout``; the paper's 0.5)."""
+    if not 0.0 <= feature_dropout < 1.0:
+        raise ValueError(f"feature dropout must be in [0, 1), got {feature_dropout}")
+    model = PoseNet(PoseNetConfig(final_fc_dim=ckpt["config"]["final_fc_dim"], feature_dropout=feature_dropout))
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
@@ -70,6 +75,28 @@ def contract_from_checkpoint(ckpt: dict[str, Any], metrics: dict[str, float] | N
     )
 
 
-def export_checkpoint(ckpt_path: str | Path, out: str | Path, mc_dropout: bool = False) -> Path:
+def mc_dropout_record(model: PoseNet) -> dict[str, Any]:
+    """What the contract records of a --mc-dropout export's sampling (``training.mc_dropout``): the
+    method engines run and its dropout rates. Files without the record predate the paper's sampling
+    and have only the ``mc_dropout`` method (head dropout on the centre crop), which engines keep."""
+    return {
+        "sampling": "paper",
+        "method": PoseNet.MC_CROPS_METHOD,
+        "feature_dropout": model.feature_dropout,
+        "head_dropout": float(model.pose_final.dropout.p),
+        "crops": "random, one per sample",
+    }
+
+
+def export_checkpoint(
+    ckpt_path: str | Path,
+    out: str | Path,
+    mc_dropout: bool = False,
+    feature_dropout: float = PoseNetConfig.feature_dropout,
+) -> Path:
     ckpt = load_checkpoint(ckpt_path)
-    return export_torchscript(model_from_checkpoint(ckpt), contract_from_checkpoint(ckpt), out, mc_dropout)
+    model = model_from_checkpoint(ckpt, feature_dropout)
+    contract = contract_from_checkpoint(ckpt)
+    if mc_dropout:
+        contract = replace(contract, training={**contract.training, "mc_dropout": mc_dropout_record(model)})
+    return export_torchscript(model, contract, out, mc_dropout)

@@ -83,10 +83,13 @@ def predict(
     device: str = "cpu",
     progress: bool = True,
     seed: int = 0,
+    mc_sampling: str = "auto",
 ) -> Predictions:
     """Run every ``split`` image of ``dataset`` through the engine in uncertainty ``mode``;
     ``calibrated=False`` ignores a calibration stored in the model (what calibrate needs). Dropout
-    draws come from torch's generator seeded with ``seed``, so the figures are reproducible."""
+    draws are seeded with ``seed`` (the paper sampling per frame, the head sampling through torch's
+    generator once), so the figures are reproducible. ``mc_sampling``: the engine's (auto, paper or
+    head; ``EngineConfig.mc_sampling``)."""
     import torch
     from tqdm import tqdm
 
@@ -99,7 +102,15 @@ def predict(
         raise ValueError("mc_dropout needs at least 1 crop")
     root = Path(dataset)
     records = split_records(read_poses_csv(root), split)
-    config = EngineConfig(device=device, uncertainty=mode, mc_samples=samples, crops=crops, max_crops=max(crops, 1))
+    config = EngineConfig(
+        device=device,
+        uncertainty=mode,
+        mc_samples=samples,
+        crops=crops,
+        max_crops=max(crops, 1),
+        mc_sampling=mc_sampling,
+        mc_seed=seed,
+    )
     torch.manual_seed(seed)
     engine = Engine(model, config)
     if not calibrated:
@@ -263,14 +274,19 @@ def calibrate(
     crops: int | None,
     crop_counts: tuple[int, ...] | None = None,
     progress: bool = True,
+    mc_sampling: str = "auto",
 ) -> tuple[Calibration, dict[str, Any], dict[str, Any]]:
     """Fit on ``split`` and write ``out``: the model with the calibration in its contract.
     Returns the calibration and the split's figures before and after.
 
     In crops mode the calibration is also fitted at every count in ``crop_counts`` (default
     ``CALIBRATION_CROP_COUNTS``; ``()`` skips the table) and stored as ``by_crops``; the single
-    entry stays the fit at ``crops`` (16 by default), which readers without the table use."""
-    raw = predict(model, dataset, split, mode, samples, crops, calibrated=False, progress=progress)
+    entry stays the fit at ``crops`` (16 by default), which readers without the table use.
+    ``mc_sampling``: the mc_dropout sampling fitted (the engine's choice by default); a calibration
+    holds for the sampling it was fitted with, which is the engine's default for that file."""
+    raw = predict(
+        model, dataset, split, mode, samples, crops, calibrated=False, progress=progress, mc_sampling=mc_sampling
+    )
     used = crops if crops is not None else 16  # predict()'s default in crops mode
     cal = fit_calibration(raw, trace_rule=mode == "crops" and used < 4)
     before = metrics(raw)
@@ -292,7 +308,9 @@ def calibrate(
             entry[BY_CROPS_KEY] = table
     data["calibration"] = {**data.get("calibration", {}), mode: entry}
     write_contract_dict(model, out, data)
-    after = metrics(predict(out, dataset, split, mode, samples, crops, calibrated=True, progress=progress))
+    after = metrics(
+        predict(out, dataset, split, mode, samples, crops, calibrated=True, progress=progress, mc_sampling=mc_sampling)
+    )
     return cal, before, after
 
 
