@@ -83,7 +83,7 @@ def predict(
     device: str = "cpu",
     progress: bool = True,
     seed: int = 0,
-    mc_sampling: str = "auto",
+    mc_sampling: str = "head",
 ) -> Predictions:
     """Run every ``split`` image of ``dataset`` through the engine in uncertainty ``mode``;
     ``calibrated=False`` ignores a calibration stored in the model (what calibrate needs). Dropout
@@ -274,7 +274,7 @@ def calibrate(
     crops: int | None,
     crop_counts: tuple[int, ...] | None = None,
     progress: bool = True,
-    mc_sampling: str = "auto",
+    mc_sampling: str = "head",
 ) -> tuple[Calibration, dict[str, Any], dict[str, Any]]:
     """Fit on ``split`` and write ``out``: the model with the calibration in its contract.
     Returns the calibration and the split's figures before and after.

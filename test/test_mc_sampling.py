@@ -19,7 +19,7 @@ from posenet_ros.model import PoseNet, PoseNetConfig, sampled_dropout
 from posenet_ros.preprocess import CpuPreprocessor
 from posenet_train.export_model import mc_dropout_record
 
-MC = dict(device="cpu", uncertainty="mc_dropout", warmup_iters=1)
+MC = dict(device="cpu", uncertainty="mc_dropout", warmup_iters=1, mc_sampling="auto")
 
 
 def export(tmp: Path, name: str, feature: float = 0.5, head: float = 0.5, old: bool = False) -> Path:
@@ -143,11 +143,11 @@ def test_a_file_from_before_keeps_its_head_only_sampling(files) -> None:
         raw = module.mc_dropout(centre, 10).double().numpy()
     np.testing.assert_allclose(loc.pose.position, engine.contract.output.positions(raw[:, :3]).mean(0), atol=1e-5)
     with pytest.raises(EngineError) as info:
-        Engine(files["old"], EngineConfig(mc_sampling="paper", **MC))
+        Engine(files["old"], EngineConfig(**{**MC, "mc_sampling": "paper"}))
     assert "predates it" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(EngineError, match="unknown mc_sampling 'bayes'"):
-        Engine(files["new"], EngineConfig(mc_sampling="bayes", **MC))
-    head = Engine(files["new"], EngineConfig(mc_samples=10, mc_sampling="head", **MC))
+        Engine(files["new"], EngineConfig(**{**MC, "mc_sampling": "bayes"}))
+    head = Engine(files["new"], EngineConfig(mc_samples=10, **{**MC, "mc_sampling": "head"}))
     assert head.mc_sampling == "head" and head.localize(frame(), "rgb8").crops == 1
 
 

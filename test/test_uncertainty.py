@@ -56,8 +56,8 @@ def test_export_keeps_dropout_sampling_only_when_asked(mc_file: Path, tiny_file,
 def test_mc_dropout_engine_gives_a_sample_covariance(mc_file: Path) -> None:
     engine = Engine(mc_file, EngineConfig(device="cpu", uncertainty="mc_dropout", mc_samples=64, warmup_iters=2))
     loc = engine.localize(frame(), "bgr8")
-    # The paper's sampling (a file exported now): a random crop per sample (test_mc_sampling.py).
-    assert engine.mc_sampling == "paper" and loc.samples == 64 and loc.crops == 64 and loc.covariance.shape == (6, 6)
+    # The default sampling: dropout after the last layer, one crop (the paper's is opt-in: test_mc_sampling.py).
+    assert engine.mc_sampling == "head" and loc.samples == 64 and loc.crops == 1 and loc.covariance.shape == (6, 6)
     assert np.all(np.linalg.eigvalsh(loc.covariance) > 0) and loc.position_std > 0
     assert loc.uncertainty_score is None  # no calibration in this file yet
     budgeted = Engine(
