@@ -26,11 +26,14 @@ from posenet_ros.image_codec import decode, encode_compressed, encode_image
 from posenet_train.datasets import (
     VAL_FRACTION,
     VAL_GAP_FRAMES,
+    Camera,
+    DatasetCameras,
     DatasetError,
     PoseRecord,
     hold_out_val,
     read_poses_csv,
     split_records,
+    write_dataset_cameras,
     write_poses_csv,
 )
 from posenet_train.synth import OPTICAL_IN_BODY
@@ -130,6 +133,7 @@ class FromBagConfig:
     test_fraction: float = 0.2
     block_seconds: float = 10.0  # the split assigns whole blocks of this length
     val_fraction: float = VAL_FRACTION  # share of the training frames held out as val (0: none)
+    camera_info_topic: str | None = None  # None: the image topic's sibling camera_info (camera_info_topic_for)
 
 
 @dataclass
@@ -142,9 +146,66 @@ class FromBagStats:
     no_ground_truth: int = 0
     undecodable: int = 0
     beside_val: int = 0  # training frames dropped in the gap on either side of a val block
+    intrinsics: str = ""  # what was written to cameras.json, or why nothing was
 
     def line(self) -> str:
-        return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in vars(self).items())
+        counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in vars(self).items() if k != "intrinsics")
+        return f"{counts}; {self.intrinsics}" if self.intrinsics else counts
+
+
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+
+
+def camera_info_topic_for(image_topic: str, msgtype: str) -> str:
+    """Where a camera driver publishes the CameraInfo of ``image_topic``: beside it in the same
+    namespace (image_transport's convention; ``/cam/image_raw`` and ``/cam/image_raw/compressed``
+    -> ``/cam/camera_info``)."""
+    if msgtype.endswith("CompressedImage") and image_topic.endswith("/compressed"):
+        image_topic = image_topic[: -len("/compressed")]
+    namespace = image_topic.rsplit("/", 1)[0]
+    return f"{namespace}/camera_info"
+
+
+def _field(msg, name: str):
+    """A CameraInfo field as ROS 2 names it (``k``, ``d``) or ROS 1 does (``K``, ``D``)."""
+    return getattr(msg, name) if hasattr(msg, name) else getattr(msg, name.upper())
+
+
+def camera_from_info(msg) -> tuple[Camera | None, str]:
+    """The camera of a sensor_msgs/CameraInfo (K, D, width, height), or None and why not: an
+    uncalibrated camera (K all zero), binning or a region of interest, or distortion other than
+    OpenCV's plumb_bob (k1, k2, p1, p2, k3; rational_polynomial with its extra terms zero)."""
+    k = np.asarray(_field(msg, "k"), dtype=np.float64).ravel()
+    d = np.asarray(_field(msg, "d"), dtype=np.float64).ravel()
+    width, height = int(msg.width), int(msg.height)
+    if k.shape != (9,) or not np.all(np.isfinite(k)) or k[0] <= 0 or k[4] <= 0 or width < 1 or height < 1:
+        return None, f"the camera is not calibrated (K {k.tolist()}, {width}x{height})"
+    roi = (int(msg.roi.width), int(msg.roi.height))
+    if int(msg.binning_x) > 1 or int(msg.binning_y) > 1 or (all(roi) and roi != (width, height)):
+        return None, "binning or a region of interest is set (not read)"
+    model = str(msg.distortion_model)
+    if d.size and np.any(d) and (model not in ("plumb_bob", "rational_polynomial") or np.any(d[5:])):
+        return None, f"distortion model {model!r} with {d.size} coefficients (read: plumb_bob's k1, k2, p1, p2, k3)"
+    if not np.all(np.isfinite(d)):
+        return None, f"distortion coefficients are not finite: {d.tolist()}"
+    return Camera(width, height, float(k[0]), float(k[4]), float(k[2]), float(k[5]), tuple(d[:5].tolist())), ""
+
+
+def read_camera_info(reader, topic: str) -> tuple[Camera | None, str]:
+    """The camera of the first decodable CameraInfo on ``topic`` (a camera's calibration does not
+    change mid-recording; a later different one is reported), or None and why not."""
+    if topic not in {c.topic for c in reader.connections if c.msgtype == CAMERA_INFO_TYPE}:
+        return None, f"no {CAMERA_INFO_TYPE} on {topic}"
+    first: tuple[Camera | None, str] | None = None
+    for m in read_messages(reader, [topic]):
+        if m.msg is None:
+            continue
+        got = camera_from_info(m.msg)
+        if first is None:
+            first = got
+        elif got[0] != first[0]:
+            return first[0], f"the CameraInfo on {topic} changes during the recording; the first is used"
+    return first if first is not None else (None, f"no decodable CameraInfo on {topic}")
 
 
 def sharpness(image: np.ndarray) -> float:
@@ -190,8 +251,12 @@ def bag_to_dataset(cfg: FromBagConfig, progress: bool = True) -> tuple[list[Pose
     (out / "images").mkdir(parents=True, exist_ok=True)
     stats = FromBagStats()
     kept: list[tuple[str, int, Pose]] = []
+    size: tuple[int, int] | None = None  # the first kept image's (width, height)
     with open_bag(cfg.bag) as reader:
         topic = pick_image_topic(reader, cfg.image_topic)
+        image_type = next(c.msgtype for c in reader.connections if c.topic == topic)
+        info_topic = cfg.camera_info_topic or camera_info_topic_for(topic, image_type)
+        camera, camera_note = read_camera_info(reader, info_topic)
         truth = GroundTruth(reader, cfg.ground_truth)
         total = sum(c.msgcount for c in reader.connections if c.topic == topic)
         last: Pose | None = None
@@ -226,6 +291,7 @@ def bag_to_dataset(cfg: FromBagConfig, progress: bool = True) -> tuple[list[Pose
             name = f"images/{stamp}.png"
             cv2.imwrite(str(out / name), bgr)
             kept.append((name, stamp, pose))
+            size = size or (bgr.shape[1], bgr.shape[0])
             last = pose
     if not kept:
         raise BagError(f"no frame kept from {cfg.bag} ({stats.line()})")
@@ -245,4 +311,10 @@ def bag_to_dataset(cfg: FromBagConfig, progress: bool = True) -> tuple[list[Pose
             records.append(PoseRecord(name, split, p.position, p.quaternion))
     stats.kept = len(records)
     write_poses_csv(out / "poses.csv", records)
+    if camera is not None and size != (camera.width, camera.height):
+        camera_note = f"the CameraInfo is for {camera.width}x{camera.height}, the images are {size[0]}x{size[1]}"
+        camera = None
+    source = f"the CameraInfo on {info_topic}" + (f" ({camera_note})" if camera_note else "")
+    cameras = None if camera is None else DatasetCameras({"camera": camera}, {}, source)
+    stats.intrinsics = write_dataset_cameras(out, cameras, camera_note)
     return records, stats

@@ -2,6 +2,8 @@
 
 Canonical: a folder with ``poses.csv``, columns ``image,split,x,y,z,qw,qx,qy,qz``: camera-to-world,
 OpenCV optical axes, image path relative to the CSV. Training and evaluation read nothing else.
+Beside it, where the format has them, ``cameras.json``: the cameras' intrinsics (``DatasetCameras``;
+docs/refinement.md, "Intrinsics"), which only refinement's map needs; a data set without it loads.
 
 Converters (each checks what it reads and names file and line on any problem):
 - 7-Scenes: ``seq-NN/frame-XXXXXX.color.png`` + ``frame-XXXXXX.pose.txt`` (4x4 camera-to-world),
@@ -22,11 +24,12 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 import math
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +171,159 @@ def split_records(records: list[PoseRecord], split: str) -> list[PoseRecord]:
 def split_counts(records: list[PoseRecord]) -> dict[str, int]:
     """Frames per split, every split named (0 where there are none)."""
     return {s: sum(r.split == s for r in records) for s in SPLITS}
+
+
+# -- camera intrinsics (cameras.json) ----------------------------------------------------------
+
+CAMERAS_FILE = "cameras.json"
+CAMERAS_FORMAT = "posenet_train.cameras"
+CAMERAS_VERSION = 1
+DISTORTION_KEYS = ("k1", "k2", "p1", "p2", "k3")  # OpenCV's order (plumb_bob); k3 optional
+# 7-Scenes' Kinect colour camera as the 7-Scenes literature uses it (the data set's page gives only
+# the depth camera's; PoseNet-era and structure-based papers, hloc's 7-Scenes pipeline among them,
+# take fx = fy = 585, principal point (320, 240) at 640x480, no distortion). The data set's images
+# are all 640x480; a resized copy gets intrinsics of the wrong size, which ``build_map`` refuses.
+SEVEN_SCENES_CAMERA_SOURCE = "7-Scenes: the Kinect colour intrinsics commonly used (fx = fy = 585, cx = 320, cy = 240)"
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Pinhole intrinsics in pixels, OpenCV's convention (the top-left pixel's centre is (0, 0);
+    COLMAP's is (0.5, 0.5)), with OpenCV's distortion (k1, k2, p1, p2[, k3]); () is none."""
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    distortion: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        d = (*(float(v) for v in self.distortion), 0.0, 0.0, 0.0, 0.0, 0.0)[:5]
+        object.__setattr__(self, "distortion", () if not any(d) else d[: 5 if d[4] else 4])
+
+    def to_dict(self) -> dict:
+        out: dict = {"width": self.width, "height": self.height, "fx": self.fx, "fy": self.fy, "cx": self.cx}
+        out["cy"] = self.cy
+        if self.distortion:
+            out["distortion"] = dict(zip(DISTORTION_KEYS, self.distortion, strict=False))
+        return out
+
+    @staticmethod
+    def from_dict(d: object, where: str) -> Camera:
+        if not isinstance(d, dict):
+            raise DatasetError(f"{where}: a camera must be an object with width, height, fx, fy, cx, cy")
+        missing = [k for k in ("width", "height", "fx", "fy", "cx", "cy") if k not in d]
+        if missing:
+            raise DatasetError(f"{where}: camera lacks {', '.join(missing)}")
+        size = [d["width"], d["height"]]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+            raise DatasetError(f"{where}: width and height must be positive integers, got {size}")
+        values = checked_numbers([d[k] for k in ("fx", "fy", "cx", "cy")], f"{where}: fx, fy, cx, cy")
+        if values[0] <= 0 or values[1] <= 0:
+            raise DatasetError(f"{where}: focal lengths must be positive, got fx={values[0]} fy={values[1]}")
+        dist = d.get("distortion", {})
+        if not isinstance(dist, dict) or set(dist) - set(DISTORTION_KEYS):
+            raise DatasetError(f"{where}: distortion must be an object with keys among {', '.join(DISTORTION_KEYS)}")
+        coeffs = checked_numbers([dist.get(k, 0.0) for k in DISTORTION_KEYS], f"{where}: distortion")
+        return Camera(size[0], size[1], *values, distortion=tuple(coeffs))
+
+
+def checked_numbers(values: list[object], where: str) -> list[float]:
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise DatasetError(f"{where} must be finite numbers, got {values}")
+    return [float(v) for v in values]
+
+
+@dataclass(frozen=True)
+class DatasetCameras:
+    """The cameras of a data set: ``images`` maps image-path prefixes (relative to poses.csv: a
+    folder ending in ``/`` or one image's path; the longest match wins) to a camera's name; empty
+    when one camera took every image."""
+
+    cameras: dict[str, Camera]
+    images: dict[str, str] = field(default_factory=dict)
+    source: str = ""  # where the numbers came from, for people
+
+    def camera_for(self, image: str) -> Camera | None:
+        if not self.images:
+            return next(iter(self.cameras.values())) if len(self.cameras) == 1 else None
+        keys = [k for k in self.images if image == k or (k.endswith("/") and image.startswith(k))]
+        return self.cameras[self.images[max(keys, key=len)]] if keys else None
+
+    def single(self) -> Camera | None:
+        """The camera every image shares, or None where there are different ones."""
+        distinct = set(self.cameras.values())
+        return next(iter(distinct)) if len(distinct) == 1 else None
+
+    @staticmethod
+    def per_image(cameras: dict[str, Camera], source: str) -> DatasetCameras | None:
+        """From one camera per image path: one shared camera where they agree, else a camera per
+        distinct one, keyed by folder where all images directly in a folder share it."""
+        if not cameras:
+            return None
+        distinct = list(dict.fromkeys(cameras.values()))
+        if len(distinct) == 1:
+            return DatasetCameras({"camera": distinct[0]}, {}, source)
+        names = {cam: f"camera{i + 1}" for i, cam in enumerate(distinct)}
+        by_folder: dict[str, set[Camera]] = {}
+        for image, cam in cameras.items():
+            by_folder.setdefault(os.path.dirname(image), set()).add(cam)
+        images = {}
+        for image, cam in cameras.items():
+            folder = os.path.dirname(image)
+            if len(by_folder[folder]) == 1 and folder:
+                images[folder + "/"] = names[cam]
+            else:
+                images[image] = names[cam]
+        return DatasetCameras({n: c for c, n in names.items()}, images, source)
+
+
+def write_cameras_json(folder: str | Path, cameras: DatasetCameras) -> Path:
+    """``folder/cameras.json``, atomically; ``read_cameras_json`` returns the same."""
+    path = Path(folder) / CAMERAS_FILE
+    doc: dict = {
+        "format": CAMERAS_FORMAT,
+        "version": CAMERAS_VERSION,
+        "pixel_convention": "opencv: the top-left pixel's centre is (0, 0)",
+        "source": cameras.source,
+        "cameras": {name: cam.to_dict() for name, cam in cameras.cameras.items()},
+    }
+    if cameras.images:
+        doc["images"] = cameras.images
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def read_cameras_json(folder: str | Path) -> DatasetCameras | None:
+    """The data set's cameras, or None for a data set without ``cameras.json`` (it still loads; only
+    refinement needs intrinsics). Bad content is one DatasetError line naming the file."""
+    path = Path(folder) / CAMERAS_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(doc, dict) or doc.get("format") != CAMERAS_FORMAT:
+        raise DatasetError(f"{path}: not a cameras file (format must be {CAMERAS_FORMAT!r})")
+    if doc.get("version") != CAMERAS_VERSION:
+        raise DatasetError(f"{path}: version {doc.get('version')!r} not supported (this code reads {CAMERAS_VERSION})")
+    raw = doc.get("cameras")
+    if not isinstance(raw, dict) or not raw:
+        raise DatasetError(f"{path}: 'cameras' must be a non-empty object of named cameras")
+    cameras = {str(name): Camera.from_dict(cam, f"{path}: camera {name!r}") for name, cam in raw.items()}
+    images = doc.get("images", {})
+    if not isinstance(images, dict) or not all(isinstance(v, str) for v in images.values()):
+        raise DatasetError(f"{path}: 'images' must map image-path prefixes to camera names")
+    unknown = sorted({v for v in images.values() if v not in cameras})
+    if unknown:
+        raise DatasetError(f"{path}: 'images' names cameras not in 'cameras': {', '.join(unknown)}")
+    if len(cameras) > 1 and not images:
+        raise DatasetError(f"{path}: {len(cameras)} cameras but no 'images' saying which image is whose")
+    return DatasetCameras(cameras, dict(images), str(doc.get("source", "")))
 
 
 # -- the validation split ------------------------------------------------------------------------
@@ -327,16 +483,25 @@ def read_cambridge(root: Path) -> list[PoseRecord]:
 # -- COLMAP ------------------------------------------------------------------------------------
 
 
-def read_colmap_images(path: Path, test_every: int = 8) -> list[PoseRecord]:
-    """COLMAP ``images.txt``: two lines per image, the first ``IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID
-    NAME``; the second (2D points) is skipped. Every ``test_every``-th image by name is test."""
+def _colmap_images_txt(path: Path) -> Path:
     if path.is_dir():
         for candidate in (path / "images.txt", path / "sparse" / "0" / "images.txt"):
             if candidate.is_file():
-                path = candidate
-                break
+                return candidate
     if not path.is_file():
         raise DatasetError(f"{path}: no COLMAP images.txt")
+    return path
+
+
+def _colmap_images_dir(images_txt: Path) -> Path | None:
+    root = images_txt.parent
+    return next(
+        (d for d in (root / "images", root.parent / "images", root.parent.parent / "images") if d.is_dir()), None
+    )
+
+
+def _colmap_entries(path: Path) -> list[tuple[str, np.ndarray, np.ndarray, str, str]]:
+    """(name, centre, camera-to-world quaternion, camera id, where) per image of ``images.txt``."""
     lines = read_text(path).splitlines()
     entries = []
     i = 0
@@ -354,17 +519,21 @@ def read_colmap_images(path: Path, test_every: int = 8) -> list[PoseRecord]:
         # Camera-to-world is the inverse: rotation q^-1, centre -R^T t.
         q_cam_to_world = quat_conjugate(q_world_to_cam)
         centre = -quat_rotate(q_cam_to_world, t)
-        entries.append((fields[9].strip(), centre, quat_canonical(q_cam_to_world), where))
+        entries.append((fields[9].strip(), centre, quat_canonical(q_cam_to_world), fields[8], where))
         i += 2  # the POINTS2D line follows every image line (possibly empty)
     if not entries:
         raise DatasetError(f"{path}: no images")
-    entries.sort(key=lambda e: e[0])
-    root = path.parent
-    images_dir = next(
-        (d for d in (root / "images", root.parent / "images", root.parent.parent / "images") if d.is_dir()), None
-    )
+    return sorted(entries, key=lambda e: e[0])
+
+
+def read_colmap_images(path: Path, test_every: int = 8) -> list[PoseRecord]:
+    """COLMAP ``images.txt``: two lines per image, the first ``IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID
+    NAME``; the second (2D points) is skipped. Every ``test_every``-th image by name is test."""
+    path = _colmap_images_txt(path)
+    entries = _colmap_entries(path)
+    images_dir = _colmap_images_dir(path)
     records = []
-    for k, (name, centre, q, where) in enumerate(entries):
+    for k, (name, centre, q, _, where) in enumerate(entries):
         if images_dir is None or not (images_dir / name).is_file():
             raise DatasetError(f"{where}: image {name!r} not found in an images/ folder next to the model")
         split = "test" if test_every > 0 and k % test_every == test_every - 1 else "train"
@@ -372,7 +541,75 @@ def read_colmap_images(path: Path, test_every: int = 8) -> list[PoseRecord]:
     return records
 
 
+# COLMAP camera models this reads, and how their parameters map to (fx, fy, cx, cy, k1, k2, p1, p2).
+COLMAP_MODELS = {
+    "SIMPLE_PINHOLE": (3, lambda f, cx, cy: (f, f, cx, cy)),
+    "PINHOLE": (4, lambda fx, fy, cx, cy: (fx, fy, cx, cy)),
+    "SIMPLE_RADIAL": (4, lambda f, cx, cy, k: (f, f, cx, cy, k)),
+    "RADIAL": (5, lambda f, cx, cy, k1, k2: (f, f, cx, cy, k1, k2)),
+    "OPENCV": (8, lambda fx, fy, cx, cy, k1, k2, p1, p2: (fx, fy, cx, cy, k1, k2, p1, p2)),
+}
+
+
+def read_colmap_cameras(path: Path) -> dict[str, Camera | str]:
+    """COLMAP ``cameras.txt`` (``CAMERA_ID MODEL WIDTH HEIGHT PARAMS...``): per camera id its
+    ``Camera``, or the model's name where it is one this does not read (fisheye, FULL_OPENCV, ...).
+    COLMAP's principal point counts the top-left pixel's centre as (0.5, 0.5): moved by half a pixel
+    to OpenCV's convention."""
+    cameras: dict[str, Camera | str] = {}
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        where = f"{path}:{line_no}"
+        if len(fields) < 4 or not fields[2].isdigit() or not fields[3].isdigit():
+            raise DatasetError(f"{where}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS...'")
+        model = fields[1].upper()
+        if model not in COLMAP_MODELS:
+            cameras[fields[0]] = model
+            continue
+        n, to_opencv = COLMAP_MODELS[model]
+        params = to_opencv(*checked_floats(fields[4:], n, f"{where} ({model} parameters)"))
+        fx, fy, cx, cy = (float(v) for v in params[:4])
+        if fx <= 0 or fy <= 0 or int(fields[2]) < 1 or int(fields[3]) < 1:
+            raise DatasetError(f"{where}: size and focal lengths must be positive")
+        cameras[fields[0]] = Camera(int(fields[2]), int(fields[3]), fx, fy, cx - 0.5, cy - 0.5, tuple(params[4:]))
+    return cameras
+
+
+def colmap_cameras(src: Path, records: list[PoseRecord]) -> tuple[dict[str, Camera], str]:
+    images_txt = _colmap_images_txt(src)
+    cameras_txt = images_txt.with_name("cameras.txt")
+    if not cameras_txt.is_file():
+        return {}, f"no cameras.txt next to {images_txt.name}"
+    cameras = read_colmap_cameras(cameras_txt)
+    images_dir = _colmap_images_dir(images_txt)
+    by_image: dict[str, Camera] = {}
+    for name, _, _, camera_id, where in _colmap_entries(images_txt):
+        cam = cameras.get(camera_id)
+        if cam is None:
+            raise DatasetError(f"{where}: camera {camera_id} is not in {cameras_txt}")
+        if isinstance(cam, str):
+            models = ", ".join(COLMAP_MODELS)
+            return {}, f"camera {camera_id} in {cameras_txt} is a {cam} camera (read: {models})"
+        by_image[str(images_dir / name)] = cam
+    return by_image, f"COLMAP {cameras_txt}"
+
+
+def seven_scenes_cameras(src: Path, records: list[PoseRecord]) -> tuple[dict[str, Camera], str]:
+    camera = Camera(640, 480, 585.0, 585.0, 320.0, 240.0)
+    return {r.image: camera for r in records}, SEVEN_SCENES_CAMERA_SOURCE
+
+
+def cambridge_cameras(src: Path, records: list[PoseRecord]) -> tuple[dict[str, Camera], str]:
+    # The focal lengths are in reconstruction.nvm (one per image), which this converter does not read.
+    return {}, "dataset_train.txt / dataset_test.txt carry none (reconstruction.nvm's focal lengths are not read)"
+
+
 READERS = {"7scenes": read_seven_scenes, "cambridge": read_cambridge, "colmap": read_colmap_images}
+# Per format: the intrinsics per image (absolute image path -> Camera; empty where the format has
+# none) and where they came from, or why there are none.
+CAMERA_READERS = {"7scenes": seven_scenes_cameras, "cambridge": cambridge_cameras, "colmap": colmap_cameras}
 
 
 @dataclass(frozen=True)
@@ -381,6 +618,7 @@ class ConvertReport:
     read: dict[str, int]  # frames per split as the format gave them
     kept: dict[str, int]  # frames per split written
     dropped_gap: int  # training frames dropped next to a held-out val block
+    intrinsics: str = ""  # what was written to cameras.json, or why nothing was
 
     def lines(self, src: str | Path) -> list[str]:
         read = ", ".join(f"{n} {s}" for s, n in self.read.items() if n or s != "val")
@@ -391,6 +629,8 @@ class ConvertReport:
                 f"dropped {self.dropped_gap} training frames beside the val blocks (a gap of "
                 f"{VAL_GAP_FRAMES} frames each side, so no val frame neighbours a training frame)"
             )
+        if self.intrinsics:
+            out.append(self.intrinsics)
         return out
 
 
@@ -425,7 +665,31 @@ def convert_dataset(
     out.mkdir(parents=True, exist_ok=True)
     rebased = [PoseRecord(os.path.relpath(r.image, out), r.split, r.position, r.quaternion) for r in held.records]
     path = write_poses_csv(out / "poses.csv", rebased)
-    return ConvertReport(path, split_counts(records), split_counts(held.records), held.dropped_gap)
+    per_image, source = CAMERA_READERS[fmt](src, records)
+    kept = {os.path.relpath(r.image, out): per_image[r.image] for r in held.records if r.image in per_image}
+    note = write_dataset_cameras(out, DatasetCameras.per_image(kept, source), source)
+    return ConvertReport(path, split_counts(records), split_counts(held.records), held.dropped_gap, note)
+
+
+def write_dataset_cameras(out: Path, cameras: DatasetCameras | None, why_none: str) -> str:
+    """Write ``out/cameras.json`` (or remove a stale one where there are no intrinsics); the line
+    saying what was written, or why nothing was and what that means."""
+    path = Path(out) / CAMERAS_FILE
+    if cameras is None:
+        path.unlink(missing_ok=True)
+        return (
+            f"no camera intrinsics ({why_none}): no {CAMERAS_FILE}; poses train as they are, "
+            "refinement (posenet-train map) will need the intrinsics"
+        )
+    write_cameras_json(out, cameras)
+    one = cameras.single()
+    what = (
+        f"{one.width}x{one.height}, fx {one.fx:.6g}, fy {one.fy:.6g}, cx {one.cx:.6g}, cy {one.cy:.6g}"
+        + (", with distortion" if one.distortion else "")
+        if one
+        else f"{len(cameras.cameras)} cameras"
+    )
+    return f"camera intrinsics ({what}) from {cameras.source} -> {path}"
 
 
 def positions(records: list[PoseRecord]) -> np.ndarray:

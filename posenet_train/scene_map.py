@@ -44,7 +44,15 @@ from posenet_ros.refine import (
     match_descriptors,
     save_map,
 )
-from posenet_train.datasets import PoseRecord, read_poses_csv, split_records
+from posenet_train.datasets import (
+    CAMERAS_FILE,
+    Camera,
+    DatasetError,
+    PoseRecord,
+    read_cameras_json,
+    read_poses_csv,
+    split_records,
+)
 
 
 @dataclass(frozen=True)
@@ -85,15 +93,59 @@ def synth_intrinsics(cfg) -> Intrinsics:
     return Intrinsics(cam.width, cam.height, float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
 
 
+# Distortion this small (the largest shift it makes at the image's corners, in pixels) is left out of
+# the map's pinhole model: below the map's 2 px reprojection threshold by a margin.
+MAX_IGNORED_DISTORTION_PX = 1.0
+
+
+def distortion_shift_px(cam: Camera) -> float:
+    """The largest shift OpenCV's distortion (k1, k2, p1, p2, k3) makes at the four image corners."""
+    k1, k2, p1, p2, k3 = (*cam.distortion, 0.0, 0.0, 0.0, 0.0, 0.0)[:5]
+    u = np.array([0.0, cam.width - 1.0, 0.0, cam.width - 1.0])
+    v = np.array([0.0, 0.0, cam.height - 1.0, cam.height - 1.0])
+    x, y = (u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy
+    r2 = x * x + y * y
+    radial = k1 * r2 + k2 * r2 * r2 + k3 * r2**3
+    dx = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+    dy = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    return float(np.max(np.hypot(dx * cam.fx, dy * cam.fy)))
+
+
 def dataset_intrinsics(folder: str | Path) -> Intrinsics:
-    """Intrinsics of a data set folder: the synthetic renderer's ``scene.json`` records its camera
-    (width, height and the 3x3 matrix). Other data sets do not carry intrinsics yet (issue 17):
-    pass them explicitly."""
-    path = Path(folder) / "scene.json"
+    """Intrinsics of a data set folder's camera: its ``cameras.json`` (written by ``posenet-train
+    convert`` for 7-Scenes and COLMAP, and ``from-bag`` from the recording's CameraInfo), else the
+    synthetic renderer's ``scene.json`` (width, height and the 3x3 matrix), else a one-line MapError.
+    The map is a pinhole model: a camera whose distortion shifts the image corners by more than
+    ``MAX_IGNORED_DISTORTION_PX`` is refused (undistort the images first)."""
+    folder = Path(folder)
+    try:
+        cameras = read_cameras_json(folder)
+    except DatasetError as exc:
+        raise MapError(f"{exc}; refinement needs the intrinsics") from None
+    if cameras is not None:
+        where = str(folder / CAMERAS_FILE)
+        cam = cameras.single()
+        if cam is None:
+            raise MapError(
+                f"{where}: {len(cameras.cameras)} different cameras; a map is built for one camera (convert "
+                "each camera's images to a data set of its own)"
+            )
+        shift = distortion_shift_px(cam) if cam.distortion else 0.0
+        if shift > MAX_IGNORED_DISTORTION_PX:
+            raise MapError(
+                f"{where}: the lens distortion moves the image corners by {shift:.1f} px and the map is a "
+                f"pinhole model (up to {MAX_IGNORED_DISTORTION_PX:g} px is ignored); undistort the images "
+                "first (for COLMAP: colmap image_undistorter, then convert its PINHOLE model)"
+            )
+        intr = Intrinsics(cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy)
+        intr.check(where)
+        return intr
+    path = folder / "scene.json"
     if not path.is_file():
         raise MapError(
-            f"{folder}: no camera intrinsics (no scene.json); a map needs them, and so far only data sets "
-            "from posenet-train synth record them"
+            f"{folder}: no camera intrinsics (no {CAMERAS_FILE}, no scene.json), and a map needs them: "
+            f"posenet-train convert writes {CAMERAS_FILE} for 7-Scenes and COLMAP (cameras.txt), from-bag "
+            "where the recording has the camera's CameraInfo, synth writes scene.json"
         )
     try:
         cam = json.loads(path.read_text())["camera"]

@@ -10,20 +10,25 @@ import numpy as np
 import pytest
 
 from posenet_ros.geometry import Pose, quat_canonical, quat_conjugate, quat_rotate, quat_to_matrix, rotation_error_deg
+from posenet_ros.refine import Intrinsics, MapError
 from posenet_train.cli import main as train_main
 from posenet_train.datasets import (
+    CAMERAS_FILE,
     CSV_COLUMNS,
     VAL_GAP_FRAMES,
+    Camera,
     DatasetError,
     PoseRecord,
     checked_quaternion,
     convert,
     convert_dataset,
     natural_key,
+    read_cameras_json,
     read_poses_csv,
     split_records,
     write_poses_csv,
 )
+from posenet_train.scene_map import dataset_intrinsics
 
 
 def known_poses(n: int, seed: int = 0) -> list[Pose]:
@@ -119,6 +124,10 @@ def test_seven_scenes_round_trip(tmp_path: Path, ext: str) -> None:
     assert_same_poses(records, poses)
     assert [r.split for r in records] == ["train"] * 5 + ["test"] * 5
     assert records[0].image == f"../src/seq-01/frame-000000.color{ext}"
+    # The Kinect colour intrinsics the 7-Scenes literature uses, one camera for every image.
+    cameras = read_cameras_json(tmp_path / "out")
+    assert cameras.single() == Camera(640, 480, 585.0, 585.0, 320.0, 240.0) and not cameras.images
+    assert "7-Scenes" in cameras.source
 
 
 def make_cambridge(root: Path, poses: list[Pose], n_train: int = 6) -> None:
@@ -137,9 +146,16 @@ def make_cambridge(root: Path, poses: list[Pose], n_train: int = 6) -> None:
 def test_cambridge_round_trip(tmp_path: Path) -> None:
     poses = known_poses(9, seed=1)
     make_cambridge(tmp_path / "src", poses)
-    records = read_poses_csv(convert(tmp_path / "src", "cambridge", tmp_path / "out"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / CAMERAS_FILE).write_text("stale, from an earlier conversion")
+    report = convert_dataset(tmp_path / "src", "cambridge", tmp_path / "out")
+    records = read_poses_csv(report.path)
     assert_same_poses(records, poses)
     assert [r.split for r in records] == ["train"] * 6 + ["test"] * 3
+    # dataset_*.txt carry no intrinsics: none written (a stale file goes), and the report says so.
+    assert read_cameras_json(tmp_path / "out") is None
+    assert "no camera intrinsics" in report.intrinsics and "posenet-train map) will need" in report.intrinsics
+    assert report.intrinsics in report.lines(tmp_path / "src")
 
 
 def make_colmap(root: Path, poses: list[Pose]) -> None:
@@ -166,6 +182,54 @@ def test_colmap_round_trip(tmp_path: Path) -> None:
     records = read_poses_csv(convert(tmp_path / "src", "colmap", tmp_path / "out"))
     assert_same_poses(records, poses)
     assert sum(r.split == "test" for r in records) == 2  # every 8th image by name
+    # cameras.txt's PINHOLE camera, the principal point moved from COLMAP's pixel convention to OpenCV's.
+    assert read_cameras_json(tmp_path / "out").single() == Camera(64, 48, 50.0, 50.0, 31.5, 23.5)
+    # ... which is what posenet-train map takes for the data set.
+    assert dataset_intrinsics(tmp_path / "out") == Intrinsics(64, 48, 50.0, 50.0, 31.5, 23.5)
+
+
+@pytest.mark.parametrize(
+    ("line", "camera"),
+    [
+        ("1 SIMPLE_PINHOLE 64 48 50 32 24", Camera(64, 48, 50.0, 50.0, 31.5, 23.5)),
+        ("1 SIMPLE_RADIAL 64 48 50 32 24 0.01", Camera(64, 48, 50.0, 50.0, 31.5, 23.5, (0.01, 0, 0, 0))),
+        ("1 RADIAL 64 48 50 32 24 0.01 -0.002", Camera(64, 48, 50.0, 50.0, 31.5, 23.5, (0.01, -0.002, 0, 0))),
+        ("1 OPENCV 64 48 50 51 32 24 0.1 0.2 0.3 0.4", Camera(64, 48, 50.0, 51.0, 31.5, 23.5, (0.1, 0.2, 0.3, 0.4))),
+    ],
+)
+def test_colmap_camera_models(tmp_path: Path, line: str, camera: Camera) -> None:
+    make_colmap(tmp_path / "src", known_poses(4, seed=3))
+    (tmp_path / "src/sparse/0/cameras.txt").write_text("# Camera list\n" + line + "\n")
+    convert(tmp_path / "src", "colmap", tmp_path / "out")
+    assert read_cameras_json(tmp_path / "out").single() == camera
+
+
+def test_colmap_several_cameras_unsupported_models_and_errors(tmp_path: Path) -> None:
+    make_colmap(tmp_path / "src", known_poses(4, seed=3))
+    images_txt = tmp_path / "src/sparse/0/images.txt"
+    cameras_txt = tmp_path / "src/sparse/0/cameras.txt"
+    text = images_txt.read_text()
+    images_txt.write_text(text.replace(" 1 img 001.jpg", " 2 img 001.jpg"))
+    cameras_txt.write_text("1 PINHOLE 64 48 50 50 32 24\n2 SIMPLE_PINHOLE 64 48 60 32 24\n")
+    convert(tmp_path / "src", "colmap", tmp_path / "out")
+    cameras = read_cameras_json(tmp_path / "out")
+    assert len(cameras.cameras) == 2 and cameras.single() is None
+    assert cameras.camera_for("../src/images/img 001.jpg").fx == 60.0
+    assert cameras.camera_for("../src/images/img 002.jpg").fx == 50.0
+    with pytest.raises(MapError, match="2 different cameras"):
+        dataset_intrinsics(tmp_path / "out")
+    # A model this does not read: poses convert, intrinsics are left out and the report says why.
+    cameras_txt.write_text("1 PINHOLE 64 48 50 50 32 24\n2 OPENCV_FISHEYE 64 48 50 50 32 24 0 0 0 0\n")
+    report = convert_dataset(tmp_path / "src", "colmap", tmp_path / "out")
+    assert read_cameras_json(tmp_path / "out") is None and "OPENCV_FISHEYE" in report.intrinsics
+    cameras_txt.unlink()
+    assert "no cameras.txt" in convert_dataset(tmp_path / "src", "colmap", tmp_path / "out").intrinsics
+    cameras_txt.write_text("1 PINHOLE 64 48 50 50 32\n")
+    with pytest.raises(DatasetError, match=r"cameras.txt:1 \(PINHOLE parameters\): expected 4 numbers, got 3"):
+        convert(tmp_path / "src", "colmap", tmp_path / "out")
+    cameras_txt.write_text("1 PINHOLE 64 48 50 50 32 24\n")
+    with pytest.raises(DatasetError, match=r"images.txt:\d+: camera 2 is not in .*cameras.txt"):
+        convert(tmp_path / "src", "colmap", tmp_path / "out")
 
 
 @pytest.mark.parametrize(
@@ -240,6 +304,7 @@ def test_cli_convert_and_one_line_errors(tmp_path: Path, capsys: pytest.CaptureF
     make_cambridge(tmp_path / "src", known_poses(9, seed=4))
     assert train_main(["convert", str(tmp_path / "src"), "--format", "cambridge", "--out", str(tmp_path / "o")]) == 0
     assert len(read_poses_csv(tmp_path / "o")) == 9
+    assert "refinement (posenet-train map) will need the intrinsics" in capsys.readouterr().out
     assert train_main(["convert", str(tmp_path / "src"), "--format", "7scenes", "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("posenet-train convert: error:") and "TrainSplit.txt" in err and "\n" not in err

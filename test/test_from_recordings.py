@@ -184,3 +184,87 @@ def test_from_bag_holds_val_blocks_out_of_the_training_time(tmp_path: Path, caps
     assert train_main([*argv, "--out", str(tmp_path / "x"), "--val-fraction", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--val-fraction must be" in err and "\n" not in err
+
+
+def write_bag_with_camera_info(data: Path, bag: Path, info: dict | None, compressed: bool = False) -> None:
+    """The recording's test frames as a camera driver records them: images, the ground truth pose,
+    and (``info`` given) a sensor_msgs/CameraInfo beside the image topic at every frame."""
+    from posenet_ros.bagio import BagWriter
+    from posenet_ros.image_codec import encode_compressed, encode_image
+
+    image_topic = "/cam/color/image_raw" + ("/compressed" if compressed else "")
+    with BagWriter(bag, "mcap") as w:
+        w.add_topic(image_topic, "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image")
+        w.add_topic("/gt", "geometry_msgs/msg/PoseStamped")
+        if info is not None:
+            w.add_topic("/cam/color/camera_info", "sensor_msgs/msg/CameraInfo")
+        for i, rec in enumerate(ordered_truth(data)):
+            stamp = 1_700_000_000_000_000_000 + i * 250_000_000
+            bgr = cv2.imread(str(data / rec.image))
+            w.write("/gt", stamp, w.pose_stamped(stamp, "map", rec.pose()))
+            if compressed:
+                msg = w.compressed_image(stamp, "cam", "jpeg", encode_compressed(bgr))
+            else:
+                msg = w.image(stamp, "cam", encode_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), "rgb8"))
+            w.write(image_topic, stamp, msg)
+            if info is not None:
+                roi = w.msg(
+                    "sensor_msgs/msg/RegionOfInterest", x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
+                )
+                fields = {"binning_x": 0, "binning_y": 0, "roi": roi, **info}
+                fields["d"] = np.asarray(fields["d"], np.float64)
+                fields["k"] = np.asarray(fields["k"], np.float64)
+                fields["r"] = np.eye(3).ravel()
+                fields["p"] = np.zeros(12)
+                w.write(
+                    "/cam/color/camera_info",
+                    stamp,
+                    w.msg("sensor_msgs/msg/CameraInfo", header=w.header(stamp, "cam"), **fields),
+                )
+
+
+def camera_info(width: int, height: int, d: list[float], model: str = "plumb_bob") -> dict:
+    k = [80.0, 0.0, 47.25, 0.0, 81.0, 35.75, 0.0, 0.0, 1.0]
+    return {"width": width, "height": height, "distortion_model": model, "d": d, "k": k}
+
+
+def test_from_bag_takes_the_intrinsics_from_the_camera_info_topic(recording: tuple[Path, Path], tmp_path: Path) -> None:
+    from posenet_ros.refine import Intrinsics
+    from posenet_train.datasets import Camera, read_cameras_json
+    from posenet_train.scene_map import dataset_intrinsics
+
+    data, _ = recording
+    truth = GroundTruthSource("/gt")
+    write_bag_with_camera_info(data, tmp_path / "bag", camera_info(96, 72, [0.01, -0.002, 0.0005, 0.0, 0.0]))
+    _, stats = bag_to_dataset(FromBagConfig(tmp_path / "bag", tmp_path / "out", truth), progress=False)
+    camera = Camera(96, 72, 80.0, 81.0, 47.25, 35.75, (0.01, -0.002, 0.0005, 0.0))
+    assert read_cameras_json(tmp_path / "out").single() == camera
+    assert "/cam/color/camera_info" in stats.line() and "cameras.json" in stats.line()
+    assert dataset_intrinsics(tmp_path / "out") == Intrinsics(96, 72, 80.0, 81.0, 47.25, 35.75)  # slight distortion
+    # Compressed images: the camera_info beside the image topic, not beside .../compressed.
+    write_bag_with_camera_info(data, tmp_path / "cbag", camera_info(96, 72, []), compressed=True)
+    bag_to_dataset(FromBagConfig(tmp_path / "cbag", tmp_path / "cout", truth), progress=False)
+    assert read_cameras_json(tmp_path / "cout").single() == Camera(96, 72, 80.0, 81.0, 47.25, 35.75)
+
+
+@pytest.mark.parametrize(
+    ("info", "why"),
+    [
+        (None, "no sensor_msgs/msg/CameraInfo on /cam/color/camera_info"),
+        ({**camera_info(96, 72, []), "k": [0.0] * 9}, "not calibrated"),
+        (camera_info(640, 480, []), "the CameraInfo is for 640x480, the images are 96x72"),
+        (camera_info(96, 72, [0.1, 0, 0, 0], "equidistant"), "distortion model 'equidistant'"),
+    ],
+)
+def test_from_bag_without_usable_camera_info_writes_no_intrinsics(
+    recording: tuple[Path, Path], tmp_path: Path, info: dict | None, why: str
+) -> None:
+    from posenet_train.datasets import read_cameras_json
+
+    data, _ = recording
+    write_bag_with_camera_info(data, tmp_path / "bag", info)
+    _, stats = bag_to_dataset(
+        FromBagConfig(tmp_path / "bag", tmp_path / "out", GroundTruthSource("/gt")), progress=False
+    )
+    assert read_cameras_json(tmp_path / "out") is None and stats.kept == FRAMES  # poses as ever
+    assert why in stats.intrinsics and "refinement (posenet-train map) will need" in stats.intrinsics
