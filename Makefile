@@ -103,7 +103,7 @@ clean:
 
 # The calibrated-uncertainty experiment (README "Uncertainty"): train on one trajectory, calibrate on
 # a second, test on a third, compare with a held-out region (headings never seen in training).
-# About 35 min on 2 CPU cores.
+# About 22 min on 2 otherwise idle CPU cores (docs/uncertainty.md has the figures).
 UNC := out/uncertainty
 uncertainty-experiment: setup
 	$(VENV)/bin/posenet-train synth --out $(UNC)/room --seed 7 --train-sequences 1 --test-sequences 0 --val-sequences 1 \
