@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from torch import nn
 from posenet_ros.contract import Contract, OutputSpec, Preprocessing, SceneInfo
 from posenet_ros.export import export_torchscript
 from posenet_ros.model import PoseNet, normalize_pose_output
+from posenet_train.synth import SynthConfig, render_dataset
+from posenet_train.train import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a colcon build of the checkout must not copy (caches, outputs, the venv with its ROS build).
@@ -142,3 +145,29 @@ def bed(ros_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
         yield testbed
     finally:
         testbed.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_room(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A rendered room small enough to train on in seconds: two training walks and one test walk of
+    12 frames at 64x48. Shared by the training tests; a test that changes it works on a copy."""
+    root = tmp_path_factory.mktemp("synth")
+    render_dataset(
+        SynthConfig(train_sequences=2, test_sequences=1, frames_per_sequence=12, width=64, height=48), root, False
+    )
+    return root
+
+
+def tiny_fit_config(data: Path, out: Path, **kw: object) -> FitConfig:
+    """A run that trains a 32-pixel PoseNet in seconds; ``kw`` sets any other field."""
+    base = FitConfig(
+        data=str(data),
+        out=str(out),
+        input_size=32,
+        resize_shortest_side=36,
+        final_fc_dim=64,
+        batch_size=4,
+        progress=False,
+        threads=1,
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]

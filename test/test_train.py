@@ -9,11 +9,13 @@ import signal
 import subprocess
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_fit_config
 
 from posenet_ros.engine import Engine, EngineConfig, load_model
 from posenet_train.cli import main as train_main
@@ -21,39 +23,22 @@ from posenet_train.data import PositionNormalization
 from posenet_train.datasets import read_poses_csv
 from posenet_train.evaluate import evaluate, nearest_neighbour
 from posenet_train.export_model import export_checkpoint, load_checkpoint
-from posenet_train.synth import SynthConfig, render_dataset
 from posenet_train.train import CHECKPOINT_NAME, FitConfig, fit, lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
-    cfg = SynthConfig(train_sequences=2, test_sequences=1, frames_per_sequence=12, width=64, height=48)
-    render_dataset(cfg, root, progress=False)
-    return root
-
-
-def tiny_config(data: Path, out: Path, **kw: object) -> FitConfig:
-    base = FitConfig(
-        data=str(data),
-        out=str(out),
-        input_size=32,
-        resize_shortest_side=36,
-        final_fc_dim=64,
-        batch_size=4,
-        steps=6,
-        lr=1e-3,
-        color_jitter=0.2,
-        learn_weighting=True,
-        checkpoint_every=100,
-        eval_every=3,
-        eval_images=8,
-        progress=False,
-        threads=1,
-    )
-    return replace(base, **kw)  # type: ignore[arg-type]
+# The training tests' own settings on top of the shared tiny run (conftest.tiny_fit_config).
+tiny_config = partial(
+    tiny_fit_config,
+    steps=6,
+    lr=1e-3,
+    color_jitter=0.2,
+    learn_weighting=True,
+    checkpoint_every=100,
+    eval_every=3,
+    eval_images=8,
+)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -61,19 +46,19 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return {**ckpt["model"], **{f"loss.{k}": v for k, v in ckpt["loss"].items()}}
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(scene: Path, tmp_path: Path) -> None:
-    full = fit(tiny_config(scene, tmp_path / "full"))
+def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_room: Path, tmp_path: Path) -> None:
+    full = fit(tiny_config(tiny_room, tmp_path / "full"))
     assert full.step == 6 and not full.interrupted
 
     def ctrl_c_at_3(step: int) -> None:
         if step == 3:
             os.kill(os.getpid(), signal.SIGINT)  # the real signal, handled by the loop
 
-    part = fit(tiny_config(scene, tmp_path / "part"), step_callback=ctrl_c_at_3)
+    part = fit(tiny_config(tiny_room, tmp_path / "part"), step_callback=ctrl_c_at_3)
     assert part.interrupted and part.step == 3
     assert load_checkpoint(part.checkpoint)["step"] == 3
     # A resume may only change the step budget and similar; the rest comes from the checkpoint.
-    resumed = fit(tiny_config(scene, tmp_path / "part", lr=0.5, seed=9), resume=True)
+    resumed = fit(tiny_config(tiny_room, tmp_path / "part", lr=0.5, seed=9), resume=True)
     assert resumed.step == 6 and not resumed.interrupted
     a, b = weights(full.checkpoint), weights(resumed.checkpoint)
     assert a.keys() == b.keys()
@@ -84,9 +69,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(scene: Path, tmp_path:
     assert load_checkpoint(full.checkpoint)["history"][-1]["step"] == 6
 
 
-def test_resume_without_checkpoint_is_a_clear_error(scene: Path, tmp_path: Path) -> None:
+def test_resume_without_checkpoint_is_a_clear_error(tiny_room: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        fit(tiny_config(scene, tmp_path / "none"), resume=True)
+        fit(tiny_config(tiny_room, tmp_path / "none"), resume=True)
 
 
 # Each rank saves its own live weights (the checkpoint only holds rank 0's): a spy on PoseNet's
@@ -113,14 +98,14 @@ torch.save({"rank": rank, "world": dist.get_world_size(), "step": result.step, "
 """
 
 
-def test_two_process_ddp_ranks_hold_identical_weights(scene: Path, tmp_path: Path) -> None:
+def test_two_process_ddp_ranks_hold_identical_weights(tiny_room: Path, tmp_path: Path) -> None:
     """torchrun, 2 CPU processes, gloo: after a few steps both ranks hold the same weights."""
     script = tmp_path / "ddp_fit.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(
-        [*cmd, str(script), str(scene), str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300
+        [*cmd, str(script), str(tiny_room), str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "run/rank0.pt")
@@ -132,16 +117,16 @@ def test_two_process_ddp_ranks_hold_identical_weights(scene: Path, tmp_path: Pat
     assert any(not torch.equal(r0["initial"][k], r0["model"][k]) for k in r0["initial"]), "nothing trained"
 
 
-def test_export_runs_in_the_engine_with_the_full_contract(scene: Path, tmp_path: Path) -> None:
-    result = fit(tiny_config(scene, tmp_path / "run", steps=4))
+def test_export_runs_in_the_engine_with_the_full_contract(tiny_room: Path, tmp_path: Path) -> None:
+    result = fit(tiny_config(tiny_room, tmp_path / "run", steps=4))
     model_path = export_checkpoint(result.checkpoint, tmp_path / "model.pt")
     _, contract = load_model(model_path)
-    records = read_poses_csv(scene)
+    records = read_poses_csv(tiny_room)
     norm = PositionNormalization.fit([r for r in records if r.split == "train"])
     assert contract.output.position_offset == pytest.approx(norm.offset)
     assert contract.output.position_scale == pytest.approx(norm.scale)
     assert contract.preprocessing.input_height == 32 and contract.preprocessing.resize_shortest_side == 36
-    assert contract.scene.name == scene.name and max(contract.scene.extent) > 0.1
+    assert contract.scene.name == tiny_room.name and max(contract.scene.extent) > 0.1
     assert contract.training["steps"] == 4 and contract.training["data"]["train_images"] == 24
     engine = Engine(model_path, EngineConfig(device="cpu", warmup_iters=1))
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
@@ -149,15 +134,15 @@ def test_export_runs_in_the_engine_with_the_full_contract(scene: Path, tmp_path:
     assert np.all(np.isfinite(loc.pose.position)) and abs(np.linalg.norm(loc.pose.quaternion) - 1) < 1e-9
 
 
-def test_eval_summary_plots_and_nearest_neighbour(scene: Path, tmp_path: Path) -> None:
-    result = fit(tiny_config(scene, tmp_path / "run", steps=3))
+def test_eval_summary_plots_and_nearest_neighbour(tiny_room: Path, tmp_path: Path) -> None:
+    result = fit(tiny_config(tiny_room, tmp_path / "run", steps=3))
     model_path = export_checkpoint(result.checkpoint, tmp_path / "model.pt")
     # On the training split the nearest neighbour of each image is itself: zero error, exactly.
-    summary, _ = evaluate(model_path, scene, split="train")
+    summary, _ = evaluate(model_path, tiny_room, split="train")
     nn = summary["nearest_neighbour"]
     assert nn["median_position_m"] == 0.0 and nn["median_rotation_deg"] < 1e-3 and nn["within_0.25m_2deg"] == 1.0
     out = tmp_path / "eval"
-    code = train_main(["eval", str(model_path), str(scene), "--out", str(out)])
+    code = train_main(["eval", str(model_path), str(tiny_room), "--out", str(out)])
     assert code == 0
     data = json.loads((out / "summary.json").read_text())
     assert data["posenet"]["frames"] == 12 and "nearest_neighbour" in data
@@ -166,7 +151,7 @@ def test_eval_summary_plots_and_nearest_neighbour(scene: Path, tmp_path: Path) -
     for name in ("error_cdf.png", "trajectory_top.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A checkpoint evaluates to the same figures as its export.
-    from_ckpt, _ = evaluate(result.checkpoint, scene, baseline=False)
+    from_ckpt, _ = evaluate(result.checkpoint, tiny_room, baseline=False)
     assert from_ckpt["posenet"]["median_position_m"] == pytest.approx(data["posenet"]["median_position_m"], rel=1e-4)
 
 
@@ -194,10 +179,10 @@ def test_lr_schedules() -> None:
     ],
 )
 def test_fit_refuses_bad_parameters(
-    scene: Path, tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    tiny_room: Path, tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     try:
-        code = train_main(["fit", str(scene), "--out", str(tmp_path / "r"), *args])
+        code = train_main(["fit", str(tiny_room), "--out", str(tmp_path / "r"), *args])
     except SystemExit as exc:  # argparse choices
         code = exc.code
     err = capsys.readouterr().err
@@ -212,14 +197,14 @@ def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[s
     assert exc.value.code == 0 and "usage: posenet-train" in capsys.readouterr().out
 
 
-def test_fit_starts_from_pretrained_backbone_weights(scene: Path, tmp_path: Path) -> None:
+def test_fit_starts_from_pretrained_backbone_weights(tiny_room: Path, tmp_path: Path) -> None:
     """--pretrained PATH: the torchvision-layout file's backbone tensors are the starting point."""
     from test_model import torchvision_googlenet_state_dict
 
     weights_file = tmp_path / "googlenet.pth"
     state = torchvision_googlenet_state_dict(seed=3)
     torch.save(state, weights_file)
-    result = fit(tiny_config(scene, tmp_path / "run", steps=1, lr=1e-12, pretrained=str(weights_file)))
+    result = fit(tiny_config(tiny_room, tmp_path / "run", steps=1, lr=1e-12, pretrained=str(weights_file)))
     ckpt = load_checkpoint(result.checkpoint)
     assert "backbone tensors" in ckpt["pretrained"]
     # One step at a negligible learning rate: the convolution weights are still the loaded ones.
@@ -229,19 +214,19 @@ def test_fit_starts_from_pretrained_backbone_weights(scene: Path, tmp_path: Path
     )
 
 
-def test_training_watches_the_val_split_and_leaves_test_unseen(scene: Path, tmp_path: Path, capsys) -> None:
+def test_training_watches_the_val_split_and_leaves_test_unseen(tiny_room: Path, tmp_path: Path, capsys) -> None:
     """The figures watched during training (which a user tunes by) come from val; a data set without
     val rows falls back to test with a one-line note."""
     import shutil
 
     with_val = tmp_path / "with_val"
-    shutil.copytree(scene, with_val)
+    shutil.copytree(tiny_room, with_val)
     lines = (with_val / "poses.csv").read_text().splitlines()
     train_rows = [i for i, ln in enumerate(lines) if ",train," in ln]
     for i in train_rows[-6:]:  # the last frames of the second walk: a held-out time block
         lines[i] = lines[i].replace(",train,", ",val,")
     (with_val / "poses.csv").write_text("\n".join(lines) + "\n")
-    for data, split in ((with_val, "val"), (scene, "test")):
+    for data, split in ((with_val, "val"), (tiny_room, "test")):
         result = fit(tiny_config(data, tmp_path / f"run_{split}", steps=3, eval_every=3))
         history = load_checkpoint(result.checkpoint)["history"]
         assert history and {h["split"] for h in history} == {split}

@@ -5,49 +5,32 @@ falls; where bf16 is not native the config refuses it in one line and auto stays
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_fit_config
 
 import posenet_ros.engine as engine
 from posenet_train import train
 from posenet_train.cli import main as train_main
 from posenet_train.export_model import load_checkpoint
-from posenet_train.synth import SynthConfig, render_dataset
 from posenet_train.train import FitConfig, autocast_dtype, fit
 
 NOT_NATIVE = "precision bf16 on the CPU needs native bf16 (AMX-BF16 or AVX512-BF16), which this CPU lacks"
 
 
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synth_bf16")
-    cfg = SynthConfig(train_sequences=2, test_sequences=1, frames_per_sequence=12, width=64, height=48)
-    render_dataset(cfg, root, progress=False)
-    return root
-
-
-def tiny(scene: Path, out: Path, **kw: object) -> FitConfig:
-    base = FitConfig(
-        data=str(scene),
-        out=str(out),
-        input_size=32,
-        resize_shortest_side=36,
-        final_fc_dim=64,
-        batch_size=4,
-        steps=24,
-        lr=1e-3,
-        schedule="constant",
-        checkpoint_every=1000,
-        eval_every=1,  # the history then holds every step's loss
-        eval_images=4,
-        device="cpu",
-        progress=False,
-        threads=1,
-    )
-    return replace(base, **kw)  # type: ignore[arg-type]
+tiny = partial(
+    tiny_fit_config,
+    steps=24,
+    lr=1e-3,
+    schedule="constant",
+    checkpoint_every=1000,
+    eval_every=1,  # the history then holds every step's loss
+    eval_images=4,
+    device="cpu",
+)
 
 
 def losses(out: Path) -> list[float]:
@@ -55,7 +38,7 @@ def losses(out: Path) -> list[float]:
 
 
 @pytest.mark.skipif(engine.cpu_bf16_support() is None, reason="this CPU has no native bf16 (AMX-BF16 / AVX512-BF16)")
-def test_bf16_training_on_the_cpu_runs_and_its_loss_decreases(scene: Path, tmp_path: Path, monkeypatch) -> None:
+def test_bf16_training_on_the_cpu_runs_and_its_loss_decreases(tiny_room: Path, tmp_path: Path, monkeypatch) -> None:
     dtypes: list[torch.dtype] = []
     original = train.TrainStep.__init__
 
@@ -66,7 +49,7 @@ def test_bf16_training_on_the_cpu_runs_and_its_loss_decreases(scene: Path, tmp_p
         )
 
     monkeypatch.setattr(train.TrainStep, "__init__", spy)
-    result = fit(tiny(scene, tmp_path / "bf16", precision="bf16"))
+    result = fit(tiny(tiny_room, tmp_path / "bf16", precision="bf16"))
     assert result.step == 24 and not result.interrupted
     assert dtypes and set(dtypes) == {torch.bfloat16}  # every training forward ran under bf16 autocast
     ckpt = load_checkpoint(result.checkpoint)
@@ -78,16 +61,16 @@ def test_bf16_training_on_the_cpu_runs_and_its_loss_decreases(scene: Path, tmp_p
     # The first step sees the same weights and batch as fp32's: only bf16's rounding differs.
     dtypes.clear()
     monkeypatch.setattr(train.TrainStep, "__init__", original)
-    fit(tiny(scene, tmp_path / "fp32", steps=1))
+    fit(tiny(tiny_room, tmp_path / "fp32", steps=1))
     assert abs(bf16[0] - losses(tmp_path / "fp32")[0]) <= 0.02 * abs(losses(tmp_path / "fp32")[0])
 
 
-def test_config_refuses_bf16_where_not_native_in_one_line(scene: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_config_refuses_bf16_where_not_native_in_one_line(tiny_room: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(engine, "cpu_bf16_support", lambda: None)
     with pytest.raises(ValueError, match="^" + re.escape(NOT_NATIVE)) as exc:
         FitConfig(data="", out="", precision="bf16", device="cpu").validate()
     assert "\n" not in str(exc.value)
-    code = train_main(["fit", str(scene), "--out", str(tmp_path / "r"), "--device", "cpu", "--precision", "bf16"])
+    code = train_main(["fit", str(tiny_room), "--out", str(tmp_path / "r"), "--device", "cpu", "--precision", "bf16"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and NOT_NATIVE in err and "\n" not in err
     assert not (tmp_path / "r" / train.CHECKPOINT_NAME).exists()

@@ -4,42 +4,20 @@ loss weights; the run's length scales with the data set; the literature's learni
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
+from conftest import tiny_fit_config
 
 from posenet_train.export_model import load_checkpoint
-from posenet_train.synth import SynthConfig, render_dataset
 from posenet_train.train import FitConfig, fit
 
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
-    render_dataset(SynthConfig(train_sequences=2, test_sequences=1, frames_per_sequence=12, width=64, height=48), root)
-    return root
+tiny = partial(tiny_fit_config, steps=2, learn_weighting=True, eval_every=0)
 
 
-def tiny(data: Path, out: Path, **kw: object) -> FitConfig:
-    base = FitConfig(
-        data=str(data),
-        out=str(out),
-        input_size=32,
-        resize_shortest_side=36,
-        final_fc_dim=64,
-        batch_size=4,
-        steps=2,
-        learn_weighting=True,
-        eval_every=0,
-        progress=False,
-        threads=1,
-    )
-    return replace(base, **kw)  # type: ignore[arg-type]
-
-
-def test_weight_decay_spares_biases_batch_norm_and_loss_weights(scene: Path, tmp_path: Path) -> None:
-    result = fit(tiny(scene, tmp_path / "run", optimizer="sgd", weight_decay=0.01))
+def test_weight_decay_spares_biases_batch_norm_and_loss_weights(tiny_room: Path, tmp_path: Path) -> None:
+    result = fit(tiny(tiny_room, tmp_path / "run", optimizer="sgd", weight_decay=0.01))
     ckpt = load_checkpoint(result.checkpoint)
     optimizer = ckpt["optimizer"]
     shapes = {}  # parameter index -> (shape, its group's decay); SGD's momentum buffer has the shape
@@ -53,8 +31,8 @@ def test_weight_decay_spares_biases_batch_norm_and_loss_weights(scene: Path, tmp
         assert decay == (0.01 if len(shape) >= 2 else 0.0), shape
 
 
-def test_steps_scale_with_the_data_set(scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    result = fit(tiny(scene, tmp_path / "run", steps=0, epochs=2.0))
+def test_steps_scale_with_the_data_set(tiny_room: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = fit(tiny(tiny_room, tmp_path / "run", steps=0, epochs=2.0))
     assert result.step == math.ceil(2.0 * 24 / 4)  # 24 training images, batch 4
     assert load_checkpoint(result.checkpoint)["config"]["steps"] == result.step
     assert "training from random initialization" in capsys.readouterr().err
