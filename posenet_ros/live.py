@@ -224,10 +224,10 @@ class _Player:
         self._spin.join(timeout=5)
 
 
-def _message_class(msgtype: str) -> Any:
+def _message_class(compressed: bool) -> Any:
     from sensor_msgs.msg import CompressedImage, Image
 
-    return CompressedImage if msgtype == COMPRESSED_TYPE else Image
+    return CompressedImage if compressed else Image
 
 
 class _BagClock:
@@ -348,9 +348,8 @@ def live(cfg: LiveConfig) -> LiveResult:
     _, contract = load_onnx_session(cfg.model, threads=1) if onnx else load_model(cfg.model)
     with open_bag(cfg.bag) as reader:
         topic, publish_topic, compressed = _image_topics(reader, cfg)
-        msgtype = next(c.msgtype for c in reader.connections if c.topic == topic)
         truth = GroundTruth(reader, cfg.ground_truth) if cfg.ground_truth else None
-        player = _Player(_message_class(msgtype), publish_topic, cfg.namespace)
+        player = _Player(_message_class(compressed), publish_topic, cfg.namespace)
         launched: _Launched | None = None
         status: int | None = None
         try:
