@@ -64,30 +64,77 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    from posenet_train.synth import SynthConfig
+    from posenet_train.synth import PRESETS, SynthConfig
 
     d = SynthConfig()
-    p = sub.add_parser("synth", help="render a synthetic textured room with exact poses")
+    p = sub.add_parser(
+        "synth",
+        help="render a synthetic textured room with exact poses",
+        description="Render a synthetic textured room with exact poses. --preset room-benchmark renders a benchmark "
+        "instead: OUT/train (train + val, with per-sequence light, exposure, white balance, noise, blur and label "
+        "noise) and the test-only sets OUT/test-clean, OUT/test-perturbed (another lens, JPEG, occluders, new "
+        "posters, wider nuisances) and OUT/test-unseen (a region training never entered); evaluate with "
+        "`posenet-train eval MODEL OUT/test-perturbed --baseline-data OUT/train` (docs/training.md, "
+        "'A synthetic benchmark'). The size options below override the preset's.",
+    )
     p.add_argument("--out", required=True, help="folder for the images, poses.csv and scene.json")
-    p.add_argument("--train-sequences", type=int, default=d.train_sequences, help="trajectories in the train split")
-    p.add_argument("--test-sequences", type=int, default=d.test_sequences, help="trajectories in the test split")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="render a named benchmark (train/, test-clean/, test-perturbed/, test-unseen/) instead of one data set",
+    )
+    b = PRESETS["room-benchmark"]
+    # None: the option was not given (the plain default, or the preset's).
+    p.add_argument(
+        "--train-sequences",
+        type=int,
+        default=None,
+        help=f"trajectories in the train split (default {d.train_sequences}; preset {b.train_sequences})",
+    )
+    p.add_argument(
+        "--test-sequences",
+        type=int,
+        default=None,
+        help=f"trajectories in the test split (default {d.test_sequences}; preset {b.test_sequences} per test set)",
+    )
     # One by default, so a rendered set has frames to calibrate on (SynthConfig's 0 keeps library
     # callers as they were); val trajectories come after the test ones and change no other frame.
-    p.add_argument("--val-sequences", type=int, default=1, help="trajectories in the val split (calibration, tuning)")
-    p.add_argument("--frames", type=int, default=d.frames_per_sequence, help="frames per sequence")
-    p.add_argument("--width", type=int, default=d.width, help="image width, pixels")
-    p.add_argument("--height", type=int, default=d.height, help="image height, pixels")
-    p.add_argument("--hfov", type=float, default=d.hfov_deg, help="horizontal field of view, degrees")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the trajectories")
-    p.add_argument("--scene-seed", type=int, default=d.scene_seed, help="seed of the room (textures, furniture)")
-    p.add_argument("--ext", choices=("png", "jpg"), default=d.image_ext, help="image file format")
+    p.add_argument(
+        "--val-sequences",
+        type=int,
+        default=None,
+        help=f"trajectories in the val split, for calibration and tuning (default 1; preset {b.val_sequences})",
+    )
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        help=f"frames per sequence (default {d.frames_per_sequence}; preset {b.frames_per_sequence})",
+    )
+    p.add_argument("--width", type=int, default=None, help=f"image width, pixels (default {d.width}; preset {b.width})")
+    p.add_argument(
+        "--height", type=int, default=None, help=f"image height, pixels (default {d.height}; preset {b.height})"
+    )
+    p.add_argument(
+        "--hfov", type=float, default=None, help=f"horizontal field of view, degrees (default {d.hfov_deg:g})"
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help=f"seed of the trajectories (and nuisances) (default {d.seed})"
+    )
+    p.add_argument(
+        "--scene-seed", type=int, default=None, help=f"seed of the room (textures, furniture) (default {d.scene_seed})"
+    )
+    p.add_argument("--ext", choices=("png", "jpg"), default=d.image_ext, help="image file format (a preset writes png)")
     p.add_argument(
         "--heading-spread",
         type=float,
-        default=d.heading_spread_deg,
-        help="0: headings turn all the way round; else they sway within +-this many degrees of +x",
+        default=None,
+        help="0: headings turn all the way round; else they sway within +-this many degrees of +x "
+        f"(default {d.heading_spread_deg:g}; preset {b.heading_spread_deg:g})",
     )
     p.add_argument("--seven-scenes", action="store_true", help="also write 7-Scenes pose.txt and split files")
+    p.add_argument("--jobs", type=int, default=0, help="with --preset: processes rendering sequences (0: one per CPU)")
 
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
@@ -120,6 +167,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate")
     p.add_argument("--out", default="", help="folder for summary.json and plots (default: out/eval/MODEL_SPLIT)")
     p.add_argument("--no-baseline", action="store_true", help="skip the nearest-neighbour baseline")
+    p.add_argument(
+        "--baseline-data",
+        default="",
+        help="data set whose train split the nearest-neighbour baseline searches (default: DATASET's own; "
+        "for a test-only set such as synth --preset's OUT/test-perturbed, give OUT/train)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--uncertainty", action="store_true", help="also check the predicted covariance (coverage, NEES)")
     _add_uncertainty_options(p)
@@ -422,26 +475,40 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "convert":
         _run_convert(args)
     elif args.command == "synth":
-        from posenet_train.synth import SynthConfig, render_dataset
+        from dataclasses import replace
 
-        cfg = SynthConfig(
-            scene_seed=args.scene_seed,
-            train_sequences=args.train_sequences,
-            test_sequences=args.test_sequences,
-            val_sequences=args.val_sequences,
-            frames_per_sequence=args.frames,
-            width=args.width,
-            height=args.height,
-            hfov_deg=args.hfov,
-            seed=args.seed,
-            image_ext=args.ext,
-            heading_spread_deg=args.heading_spread,
-            seven_scenes=args.seven_scenes,
-        )
-        cfg.validate()
-        records = render_dataset(cfg, Path(args.out))
-        counts = ", ".join(f"{sum(r.split == s for r in records)} {s}" for s in SPLITS)
-        print(f"wrote {len(records)} frames ({counts}) to {Path(args.out) / 'poses.csv'}")
+        from posenet_train.synth import PRESETS, SynthConfig, render_benchmark, render_dataset
+
+        given = {
+            "train_sequences": args.train_sequences,
+            "test_sequences": args.test_sequences,
+            "val_sequences": args.val_sequences,
+            "frames_per_sequence": args.frames,
+            "width": args.width,
+            "height": args.height,
+            "hfov_deg": args.hfov,
+            "seed": args.seed,
+            "scene_seed": args.scene_seed,
+            "heading_spread_deg": args.heading_spread,
+        }
+        given = {k: v for k, v in given.items() if v is not None}
+        if args.preset:
+            if args.seven_scenes or args.ext != "png":
+                raise UsageError("--preset writes png images in the canonical layout only; drop --seven-scenes / --ext")
+            if args.jobs < 0:
+                raise UsageError(f"--jobs must be >= 0 (0: one per CPU), got {args.jobs}")
+            bench = replace(PRESETS[args.preset], **given)
+            bench.validate()
+            written = render_benchmark(bench, Path(args.out), args.jobs)
+            for folder, records in written.items():
+                counts = ", ".join(f"{n} {s}" for s in SPLITS if (n := sum(r.split == s for r in records)))
+                print(f"wrote {len(records)} frames ({counts}) to {Path(args.out) / folder / 'poses.csv'}")
+        else:
+            cfg = replace(SynthConfig(val_sequences=1, image_ext=args.ext, seven_scenes=args.seven_scenes), **given)
+            cfg.validate()
+            records = render_dataset(cfg, Path(args.out))
+            counts = ", ".join(f"{sum(r.split == s for r in records)} {s}" for s in SPLITS)
+            print(f"wrote {len(records)} frames ({counts}) to {Path(args.out) / 'poses.csv'}")
     elif args.command == "fit":
         return _run_fit(args)
     elif args.command == "eval":

@@ -121,20 +121,28 @@ def nearest_neighbour(train_feats: np.ndarray, query_feats: np.ndarray) -> np.nd
 
 
 def evaluate(
-    model_path: str | Path, dataset: str | Path, split: str = "test", baseline: bool = True, batch_size: int = 32
+    model_path: str | Path,
+    dataset: str | Path,
+    split: str = "test",
+    baseline: bool = True,
+    batch_size: int = 32,
+    baseline_data: str | Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Summary dict and the arrays the plots need."""
+    """Summary dict and the arrays the plots need. The nearest-neighbour baseline searches the train
+    split of ``baseline_data`` (a test-only data set's training set), else of ``dataset``."""
     root = Path(dataset)
     records = read_poses_csv(root)
+    train_root = Path(baseline_data) if baseline_data else root
+    train_records = read_poses_csv(train_root) if baseline_data else records
     query = sorted(split_records(records, split), key=lambda r: r.image)  # sequences in frame order
     predictor = Predictor(model_path)
     notes = []
     if baseline and not predictor.has_features:
         notes.append("nearest-neighbour baseline skipped: the model has no feature output")
-    if baseline and not any(r.split == "train" for r in records):
+    if baseline and not any(r.split == "train" for r in train_records):
         notes.append(
-            f"nearest-neighbour baseline skipped: {root} has no train images to search "
-            "(give the data set the model was trained on, or --no-baseline)"
+            f"nearest-neighbour baseline skipped: {train_root} has no train images to search "
+            "(give the data set the model was trained on, or --baseline-data TRAINING_SET, or --no-baseline)"
         )
     baseline = baseline and not notes
     pred, query_feats = predictor.run(root, query, batch_size, baseline, f"eval {split}")
@@ -144,6 +152,7 @@ def evaluate(
         "model": str(model_path),
         "dataset": str(root),
         "split": split,
+        **({"baseline_data": str(train_root)} if baseline_data else {}),
         "scene": c.scene.name,
         "input": f"{c.preprocessing.input_width}x{c.preprocessing.input_height}",
         "posenet": ours.summary(),
@@ -161,8 +170,8 @@ def evaluate(
         "posenet_rot_err": ours.rotation_deg,
     }
     if baseline:
-        train = split_records(records, "train")
-        _, train_feats = predictor.run(root, train, batch_size, True, "features train")
+        train = split_records(train_records, "train")
+        _, train_feats = predictor.run(train_root, train, batch_size, True, "features train")
         nn_idx = nearest_neighbour(train_feats, query_feats)
         nn_pred = np.concatenate([positions(train)[nn_idx], quaternions(train)[nn_idx]], 1)
         nn_err = Errors.of(nn_pred, query)
@@ -217,7 +226,14 @@ def default_out(model: str | Path, split: str) -> Path:
 
 
 def main_eval(args: argparse.Namespace) -> None:
-    summary, arrays = evaluate(args.model, args.dataset, args.split, not args.no_baseline, args.batch_size)
+    summary, arrays = evaluate(
+        args.model,
+        args.dataset,
+        args.split,
+        not args.no_baseline,
+        args.batch_size,
+        getattr(args, "baseline_data", "") or None,
+    )
     out = Path(args.out) if args.out else default_out(args.model, args.split)
     out.mkdir(parents=True, exist_ok=True)
     summary["plots"] = [str(p) for p in plot(arrays, out, summary["scene"])]

@@ -166,61 +166,86 @@ class Renderer:
         v, u = np.mgrid[0 : camera.height, 0 : camera.width]
         pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 0).astype(np.float64)
         self._rays_cam = (k_inv @ pix).T  # (N, 3), z = 1
-        f = scene.faces
-        self._axis = np.array([x.axis for x in f])
-        self._coord = np.array([x.coord for x in f])
-        self._lo = np.array([x.lo for x in f])
-        self._hi = np.array([x.hi for x in f])
-        self._tex = np.array([x.texture for x in f])
-        self._shade = np.array([x.shade for x in f], dtype=np.float32)
-        self._others = np.array([[a for a in range(3) if a != x.axis] for x in f])
+        self._faces = FaceArrays.of(scene.faces)
 
     def render(self, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
         """RGB uint8 image (H, W, 3) and z-depth (H, W) in metres (inf where nothing was hit)."""
         cam = self.camera
         rot = quat_to_matrix(pose.quaternion)
-        origin = pose.position
         dirs = self._rays_cam @ rot.T  # world directions, not unit: t is then the optical z-depth
-        n = len(dirs)
-        best_t = np.full(n, np.inf)
-        best_face = np.full(n, -1)
-        best_uv = np.zeros((n, 2))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            for i in range(len(self._axis)):
-                a = self._axis[i]
-                t = (self._coord[i] - origin[a]) / dirs[:, a]
-                o0, o1 = self._others[i]
-                p0 = origin[o0] + t * dirs[:, o0]
-                p1 = origin[o1] + t * dirs[:, o1]
-                lo, hi = self._lo[i], self._hi[i]
-                hit = (t > 1e-6) & (t < best_t) & (p0 >= lo[0]) & (p0 <= hi[0]) & (p1 >= lo[1]) & (p1 <= hi[1])
-                best_t = np.where(hit, t, best_t)
-                best_face = np.where(hit, i, best_face)
-                best_uv[hit, 0] = (p0[hit] - lo[0]) / (hi[0] - lo[0])
-                best_uv[hit, 1] = (p1[hit] - lo[1]) / (hi[1] - lo[1])
-        rgb = self._sample(best_face, best_uv)
+        best_t, best_face, best_uv = cast_rays(self._faces, pose.position, dirs)
+        rgb = sample_textures(self.scene.textures, self._faces, best_face, best_uv)
         image = np.clip(rgb, 0, 255).astype(np.uint8).reshape(cam.height, cam.width, 3)
         return image, best_t.reshape(cam.height, cam.width)
 
-    def _sample(self, face: np.ndarray, uv: np.ndarray) -> np.ndarray:
-        """Bilinear texture lookup; pixels that hit nothing are black."""
-        hit = face >= 0
-        out = np.zeros((len(face), 3), dtype=np.float32)
-        f = face[hit]
-        s = self.scene.textures.shape[1]
-        # Texture rows run top-down while the face's second coordinate (usually z) runs upwards.
-        x = np.clip(uv[hit, 0] * (s - 1), 0, s - 1)
-        y = np.clip((1.0 - uv[hit, 1]) * (s - 1), 0, s - 1)
-        x0 = np.minimum(x.astype(np.int64), s - 2)
-        y0 = np.minimum(y.astype(np.int64), s - 2)
-        wx = (x - x0)[:, None].astype(np.float32)
-        wy = (y - y0)[:, None].astype(np.float32)
-        tex = self.scene.textures
-        t = self._tex[f]
-        top = tex[t, y0, x0] * (1 - wx) + tex[t, y0, x0 + 1] * wx
-        bottom = tex[t, y0 + 1, x0] * (1 - wx) + tex[t, y0 + 1, x0 + 1] * wx
-        out[hit] = (top * (1 - wy) + bottom * wy) * self._shade[f][:, None]
-        return out
+
+@dataclass(frozen=True)
+class FaceArrays:
+    """A face list as arrays, for the ray caster."""
+
+    axis: np.ndarray
+    coord: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    tex: np.ndarray
+    shade: np.ndarray
+    others: np.ndarray
+
+    @staticmethod
+    def of(faces: list[Face]) -> FaceArrays:
+        return FaceArrays(
+            axis=np.array([x.axis for x in faces]),
+            coord=np.array([x.coord for x in faces]),
+            lo=np.array([x.lo for x in faces]),
+            hi=np.array([x.hi for x in faces]),
+            tex=np.array([x.texture for x in faces]),
+            shade=np.array([x.shade for x in faces], dtype=np.float32),
+            others=np.array([[a for a in range(3) if a != x.axis] for x in faces]),
+        )
+
+
+def cast_rays(f: FaceArrays, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest hit per ray (``dirs`` (N, 3), world): parameter t (the optical z-depth where the
+    rays have z = 1 in the camera), face index (-1: none) and the face coordinates in [0, 1]^2."""
+    n = len(dirs)
+    best_t = np.full(n, np.inf)
+    best_face = np.full(n, -1)
+    best_uv = np.zeros((n, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i in range(len(f.axis)):
+            a = f.axis[i]
+            t = (f.coord[i] - origin[a]) / dirs[:, a]
+            o0, o1 = f.others[i]
+            p0 = origin[o0] + t * dirs[:, o0]
+            p1 = origin[o1] + t * dirs[:, o1]
+            lo, hi = f.lo[i], f.hi[i]
+            hit = (t > 1e-6) & (t < best_t) & (p0 >= lo[0]) & (p0 <= hi[0]) & (p1 >= lo[1]) & (p1 <= hi[1])
+            best_t = np.where(hit, t, best_t)
+            best_face = np.where(hit, i, best_face)
+            best_uv[hit, 0] = (p0[hit] - lo[0]) / (hi[0] - lo[0])
+            best_uv[hit, 1] = (p1[hit] - lo[1]) / (hi[1] - lo[1])
+    return best_t, best_face, best_uv
+
+
+def sample_textures(textures: np.ndarray, f: FaceArrays, face: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear texture lookup times the face's shade, float32 (N, 3); pixels that hit nothing are
+    black."""
+    hit = face >= 0
+    out = np.zeros((len(face), 3), dtype=np.float32)
+    fh = face[hit]
+    s = textures.shape[1]
+    # Texture rows run top-down while the face's second coordinate (usually z) runs upwards.
+    x = np.clip(uv[hit, 0] * (s - 1), 0, s - 1)
+    y = np.clip((1.0 - uv[hit, 1]) * (s - 1), 0, s - 1)
+    x0 = np.minimum(x.astype(np.int64), s - 2)
+    y0 = np.minimum(y.astype(np.int64), s - 2)
+    wx = (x - x0)[:, None].astype(np.float32)
+    wy = (y - y0)[:, None].astype(np.float32)
+    t = f.tex[fh]
+    top = textures[t, y0, x0] * (1 - wx) + textures[t, y0, x0 + 1] * wx
+    bottom = textures[t, y0 + 1, x0] * (1 - wx) + textures[t, y0 + 1, x0 + 1] * wx
+    out[hit] = (top * (1 - wy) + bottom * wy) * f.shade[fh][:, None]
+    return out
 
 
 def project(pose: Pose, camera: Camera, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -248,25 +273,46 @@ def smooth_trajectory(scene: Scene, n_frames: int, seed: int, heading_spread_deg
     covering the walkable box. The heading turns through all directions over the sequence, or, with
     ``heading_spread_deg`` > 0, sways within that many degrees of +x (a camera facing one end of
     the room, as in a facade data set)."""
+    return trajectory_curve(scene, seed, heading_spread_deg)(np.linspace(0.0, 1.0, n_frames))
+
+
+def trajectory_curve(scene: Scene, seed: int, heading_spread_deg: float = 0.0):
+    """``smooth_trajectory``'s walk as a function of time t in [0, 1] (an array; the sequence's
+    frames are at ``linspace(0, 1, n_frames)``), so sub-frame poses (motion blur) lie on it."""
     rng = np.random.default_rng(seed)
-    t = np.linspace(0.0, 1.0, n_frames)
     lo, hi = np.asarray(scene.walk_lo), np.asarray(scene.walk_hi)
 
-    def wave(n_terms: int, max_freq: float) -> np.ndarray:
+    def wave(n_terms: int, max_freq: float):
         freqs = rng.uniform(0.5, max_freq, n_terms)
         phases = rng.uniform(0, 2 * np.pi, n_terms)
         amps = rng.uniform(0.5, 1.0, n_terms)
-        w = (amps[:, None] * np.sin(2 * np.pi * freqs[:, None] * t + phases[:, None])).sum(0)
-        return w / amps.sum()  # in [-1, 1]
 
-    pos = (lo + hi) / 2 + (hi - lo) / 2 * np.stack([wave(3, 4), wave(3, 4), wave(2, 3)], axis=1)
+        def at(t: np.ndarray) -> np.ndarray:
+            w = (amps[:, None] * np.sin(2 * np.pi * freqs[:, None] * t + phases[:, None])).sum(0)
+            return w / amps.sum()  # in [-1, 1]
+
+        return at
+
+    pos_waves = [wave(3, 4), wave(3, 4), wave(2, 3)]
     turns = rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 2.0)
-    yaw = rng.uniform(0, 2 * np.pi) + 2 * np.pi * turns * t + 0.6 * wave(3, 6)
-    if heading_spread_deg > 0:
-        yaw = np.radians(heading_spread_deg) * wave(3, 4)
-    pitch = np.radians(12.0) * wave(2, 5)
-    roll = np.radians(4.0) * wave(2, 5)
-    return [Pose(pos[i], matrix_to_quat(body_rotation(yaw[i], pitch[i], roll[i]))) for i in range(n_frames)]
+    yaw0 = rng.uniform(0, 2 * np.pi)
+    yaw_wave = wave(3, 6)
+    spread_wave = wave(3, 4) if heading_spread_deg > 0 else None
+    pitch_wave = wave(2, 5)
+    roll_wave = wave(2, 5)
+
+    def poses(t: np.ndarray) -> list[Pose]:
+        t = np.asarray(t, dtype=np.float64)
+        pos = (lo + hi) / 2 + (hi - lo) / 2 * np.stack([w(t) for w in pos_waves], axis=1)
+        if spread_wave is not None:
+            yaw = np.radians(heading_spread_deg) * spread_wave(t)
+        else:
+            yaw = yaw0 + 2 * np.pi * turns * t + 0.6 * yaw_wave(t)
+        pitch = np.radians(12.0) * pitch_wave(t)
+        roll = np.radians(4.0) * roll_wave(t)
+        return [Pose(pos[i], matrix_to_quat(body_rotation(yaw[i], pitch[i], roll[i]))) for i in range(len(t))]
+
+    return poses
 
 
 # -- writing data sets -------------------------------------------------------------------------
@@ -366,3 +412,217 @@ def render_dataset(cfg: SynthConfig, out: Path, progress: bool = True) -> list[P
     }
     (out / "scene.json").write_text(json.dumps(info, indent=2))
     return records
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+
+BENCHMARK_FOLDERS = ("train", "test-clean", "test-perturbed", "test-unseen")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """``posenet-train synth --preset room-benchmark``: training data with the nuisances of real
+    recordings and three test sets that each ask one question (docs/training.md, "A synthetic
+    benchmark"). Sizes are the demo model's (Makefile ``demo-model``)."""
+
+    name: str = "room-benchmark"
+    scene_seed: int = 0
+    seed: int = 0
+    train_sequences: int = 16
+    val_sequences: int = 2
+    test_sequences: int = 2  # per test set
+    frames_per_sequence: int = 200
+    width: int = 256
+    height: int = 192
+    hfov_deg: float = 65.0
+    heading_spread_deg: float = 50.0
+    supersample: int = 2  # samples per pixel along each axis, everywhere (anti-aliasing)
+    label_noise_m: float = 0.015  # RMS of the train labels' position error (norm)
+    label_noise_deg: float = 0.5  # RMS of the train labels' rotation error (angle)
+    # The unseen region: camera centres with y >= unseen_from_y (to the walk box's end); train,
+    # val, clean and perturbed test trajectories keep y <= seen_to_y.
+    seen_to_y: float = 4.8
+    unseen_from_y: float = 5.2
+
+    def validate(self) -> None:
+        SynthConfig(
+            scene_seed=self.scene_seed,
+            train_sequences=self.train_sequences,
+            test_sequences=self.test_sequences,
+            val_sequences=self.val_sequences,
+            frames_per_sequence=self.frames_per_sequence,
+            width=self.width,
+            height=self.height,
+            hfov_deg=self.hfov_deg,
+            seed=self.seed,
+            heading_spread_deg=self.heading_spread_deg,
+        ).validate()
+        checks = [
+            (self.train_sequences >= 1, f"--train-sequences must be >= 1 for a benchmark, got {self.train_sequences}"),
+            (self.test_sequences >= 1, f"--test-sequences must be >= 1 for a benchmark, got {self.test_sequences}"),
+            (self.test_sequences <= 100, "at most 100 sequences per test set (their seeds would repeat)"),
+            (1 <= self.supersample <= 4, f"supersample must be 1..4, got {self.supersample}"),
+            (self.label_noise_m >= 0 and self.label_noise_deg >= 0, "label noise must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+PRESETS = {
+    "room-benchmark": BenchmarkConfig(),
+}
+
+
+@dataclass(frozen=True)
+class SequenceJob:
+    folder: str  # one of BENCHMARK_FOLDERS
+    index: int  # seq-NN in its folder
+    split: str
+    trajectory_seed: int
+    nuisance_seed: int
+    ranges: str  # "clean", "training" or "perturbed" (posenet_train.perturb)
+    walk: tuple[tuple[float, float, float], tuple[float, float, float]]
+    label_noise: bool
+
+
+def benchmark_jobs(cfg: BenchmarkConfig, scene: Scene) -> list[SequenceJob]:
+    """Every sequence of the benchmark. Seeds: trajectories as ``synth``'s (train seed*1000 + i, val
+    + 250 + i, test + 500 + i; unseen + 700 + i); the clean and perturbed test sets share their
+    trajectories (paired frames), the perturbed ones' nuisances have seeds of their own (+ 600 + i)."""
+    base = cfg.seed * 1000
+    lo, hi = scene.walk_lo, scene.walk_hi
+    seen = (lo, (hi[0], cfg.seen_to_y, hi[2]))
+    unseen = ((lo[0], cfg.unseen_from_y, lo[2]), hi)
+    jobs = [
+        SequenceJob("train", i + 1, "train", base + i, base + i, "training", seen, True)
+        for i in range(cfg.train_sequences)
+    ]
+    jobs += [
+        SequenceJob(
+            "train", cfg.train_sequences + i + 1, "val", base + 250 + i, base + 250 + i, "training", seen, False
+        )
+        for i in range(cfg.val_sequences)
+    ]
+    for folder, ranges, walk, traj, nuis in (
+        ("test-clean", "clean", seen, 500, 500),
+        ("test-perturbed", "perturbed", seen, 500, 600),
+        ("test-unseen", "clean", unseen, 700, 700),
+    ):
+        jobs += [
+            SequenceJob(folder, i + 1, "test", base + traj + i, base + nuis + i, ranges, walk, False)
+            for i in range(cfg.test_sequences)
+        ]
+    return jobs
+
+
+_SCENES: dict[int, Scene] = {}
+
+
+def _scene(seed: int) -> Scene:
+    if seed not in _SCENES:
+        _SCENES[seed] = room_scene(seed)
+    return _SCENES[seed]
+
+
+def render_sequence(cfg: BenchmarkConfig, job: SequenceJob, out: Path) -> tuple[list[PoseRecord], dict]:
+    """One benchmark sequence into ``out/job.folder/seq-NN``: its records (train labels with label
+    noise) and what was drawn for it."""
+    from dataclasses import replace
+
+    from posenet_train import perturb
+
+    scene = replace(_scene(cfg.scene_seed), walk_lo=job.walk[0], walk_hi=job.walk[1])
+    camera = Camera(cfg.width, cfg.height, cfg.hfov_deg)
+    ranges = {"clean": perturb.CLEAN, "training": perturb.TRAINING, "perturbed": perturb.PERTURBED}[job.ranges]
+    nuisance = replace(perturb.draw_nuisance(ranges, job.nuisance_seed, scene), supersample=cfg.supersample)
+    curve = trajectory_curve(scene, job.trajectory_seed, cfg.heading_spread_deg)
+    poses = smooth_trajectory(scene, cfg.frames_per_sequence, job.trajectory_seed, cfg.heading_spread_deg)
+    renderer = perturb.PerturbedRenderer(scene, camera, nuisance, job.nuisance_seed, curve, cfg.frames_per_sequence)
+    label_rng = np.random.default_rng([job.trajectory_seed, 4])
+    seq = f"seq-{job.index:02d}"
+    (out / job.folder / seq).mkdir(parents=True, exist_ok=True)
+    records = []
+    for j, pose in enumerate(poses):
+        image = renderer.render(pose, j)
+        name = f"{seq}/frame-{j:06d}.color.png"
+        cv2.imwrite(str(out / job.folder / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        label = pose
+        if job.label_noise and (cfg.label_noise_m > 0 or cfg.label_noise_deg > 0):
+            label = perturb.noisy_label(pose, cfg.label_noise_m, cfg.label_noise_deg, label_rng)
+        records.append(PoseRecord(name, job.split, label.position, label.quaternion))
+    drawn = {"sequence": seq, "split": job.split, "ranges": job.ranges, **asdict(job), **asdict(nuisance)}
+    return records, drawn
+
+
+def _render_job(args: tuple[BenchmarkConfig, SequenceJob, Path]) -> tuple[SequenceJob, list[PoseRecord], dict]:
+    cfg, job, out = args
+    records, drawn = render_sequence(cfg, job, out)
+    return job, records, drawn
+
+
+def render_benchmark(
+    cfg: BenchmarkConfig, out: Path, jobs: int = 0, progress: bool = True
+) -> dict[str, list[PoseRecord]]:
+    """The benchmark into ``out``: ``train`` (train and val splits) and the test-only sets
+    ``test-clean``, ``test-perturbed`` and ``test-unseen``, each a canonical data set (poses.csv,
+    cameras.json, scene.json), plus ``benchmark.json``. ``jobs`` processes (0: one per CPU)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    from posenet_train import perturb
+    from posenet_train.datasets import DatasetCameras, write_cameras_json
+
+    cfg.validate()
+    out = Path(out)
+    scene = _scene(cfg.scene_seed)
+    camera = Camera(cfg.width, cfg.height, cfg.hfov_deg)
+    all_jobs = benchmark_jobs(cfg, scene)
+    workers = min(jobs or os.cpu_count() or 1, len(all_jobs))
+    results: dict[SequenceJob, tuple[list[PoseRecord], dict]] = {}
+    bar = tqdm(total=len(all_jobs), desc=f"render {cfg.name}", unit="sequence", disable=not progress)
+    tasks = [(cfg, job, out) for job in all_jobs]
+    if workers <= 1:
+        for task in tasks:
+            job, records, drawn = _render_job(task)
+            results[job] = (records, drawn)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            for job, records, drawn in pool.map(_render_job, tasks):
+                results[job] = (records, drawn)
+                bar.update()
+    bar.close()
+    written: dict[str, list[PoseRecord]] = {}
+    for folder in BENCHMARK_FOLDERS:
+        mine = [j for j in all_jobs if j.folder == folder]
+        records = [r for j in mine for r in results[j][0]]
+        write_poses_csv(out / folder / "poses.csv", records)
+        lenses = {}
+        for j in mine:
+            drawn = results[j][1]
+            lens = perturb.Nuisance(k1=drawn["k1"], k2=drawn["k2"]).lens(camera)
+            lenses |= {r.image: lens for r in results[j][0]}
+        source = f"synthetic room ({cfg.name}): pinhole {camera.hfov_deg:g} deg, OpenCV radial distortion as rendered"
+        write_cameras_json(out / folder, DatasetCameras.per_image(lenses, source))
+        info = {
+            "scene": scene.name,
+            "bounds": scene.bounds,
+            "extent": scene.extent,
+            "largest_dimension": max(scene.extent),
+            "camera": {**asdict(camera), "intrinsics": camera.intrinsics().tolist()},
+            "benchmark": asdict(cfg),
+            "sequences": [results[j][1] for j in mine],
+        }
+        (out / folder / "scene.json").write_text(json.dumps(info, indent=2))
+        written[folder] = records
+    summary = {
+        "preset": cfg.name,
+        "config": asdict(cfg),
+        "folders": {f: {"frames": len(r), "splits": sorted({x.split for x in r})} for f, r in written.items()},
+        "unseen_region": {"y_from": cfg.unseen_from_y, "training_y_to": cfg.seen_to_y},
+    }
+    (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
+    return written
