@@ -121,7 +121,7 @@ PERTURBED = NuisanceRanges(
     shutter=(0.3, 1.0),
     shutter_p=1.0,
     light_share=(0.3, 0.7),
-    posters=3,
+    posters=2,
     occluders=(1, 2),
     k1=(-0.2, -0.05),
     k2=(-0.03, 0.03),
@@ -137,8 +137,9 @@ PERTURBED = NuisanceRanges(
 )
 
 
-def draw_nuisance(ranges: NuisanceRanges, seed: int, scene: Scene) -> Nuisance:
-    """The sequence's perturbations, from its seed alone."""
+def draw_nuisance(ranges: NuisanceRanges, seed: int, scene: Scene, seen_panels: list[int] | None = None) -> Nuisance:
+    """The sequence's perturbations, from its seed alone. Swapped posters go on random wall panels,
+    among ``seen_panels`` where given (``most_seen_panels``: the ones the sequence has in view)."""
     rng = np.random.default_rng([seed, 1])
 
     def u(lo_hi: tuple[float, float]) -> float:
@@ -148,8 +149,9 @@ def draw_nuisance(ranges: NuisanceRanges, seed: int, scene: Scene) -> Nuisance:
     light = (float(rng.uniform(x0 + 0.5, x1 - 0.5)), float(rng.uniform(y0 + 0.5, y1 - 0.5)), float(z1 - 0.3))
     shutter = u(ranges.shutter) if rng.uniform() < ranges.shutter_p else 0.0
     defocus = u(ranges.defocus_px) if rng.uniform() < ranges.defocus_p else 0.0
-    panels = rng.permutation(list(WALL_PANELS))[: ranges.posters]
-    pictures = rng.permutation(len(POSTER_FILES))[: ranges.posters]
+    order = rng.permutation(list(WALL_PANELS))
+    panels = [int(i) for i in order if seen_panels is None or i in seen_panels][: ranges.posters]
+    pictures = rng.permutation(len(POSTER_FILES))[: len(panels)]
     posters = tuple(sorted((int(f), int(p)) for f, p in zip(panels, pictures, strict=True)))
     lo, hi = ranges.jpeg_quality
     return Nuisance(
@@ -210,6 +212,21 @@ def swap_posters(faces: list[Face], posters: tuple[tuple[int, int], ...], first_
         Face(f.axis, f.coord, f.lo, f.hi, first_poster + swapped[i], f.shade) if i in swapped else f
         for i, f in enumerate(faces)
     ]
+
+
+def most_seen_panels(scene: Scene, poses: list[Pose], hfov_deg: float) -> list[int]:
+    """The wall panels seen from ``poses`` (a coarse ray cast of every 10th frame), the most seen
+    first."""
+    from posenet_train.synth import Renderer
+
+    coarse = Renderer(scene, Camera(32, 24, hfov_deg))
+    arrays = FaceArrays.of(scene.faces)
+    counts = np.zeros(len(scene.faces))
+    for pose in poses[::10]:
+        dirs = coarse._rays_cam @ quat_to_matrix(pose.quaternion).T
+        _, face, _ = cast_rays(arrays, pose.position, dirs)
+        counts += np.bincount(face[face >= 0], minlength=len(scene.faces))
+    return sorted((i for i in WALL_PANELS if counts[i] > 0), key=lambda i: (-counts[i], i))
 
 
 def occluder_boxes(pose: Pose, t: float, count: int, seed: int, first_texture: int) -> list[Face]:

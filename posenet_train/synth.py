@@ -535,9 +535,10 @@ def render_sequence(cfg: BenchmarkConfig, job: SequenceJob, out: Path) -> tuple[
     scene = replace(_scene(cfg.scene_seed), walk_lo=job.walk[0], walk_hi=job.walk[1])
     camera = Camera(cfg.width, cfg.height, cfg.hfov_deg)
     ranges = {"clean": perturb.CLEAN, "training": perturb.TRAINING, "perturbed": perturb.PERTURBED}[job.ranges]
-    nuisance = replace(perturb.draw_nuisance(ranges, job.nuisance_seed, scene), supersample=cfg.supersample)
     curve = trajectory_curve(scene, job.trajectory_seed, cfg.heading_spread_deg)
     poses = smooth_trajectory(scene, cfg.frames_per_sequence, job.trajectory_seed, cfg.heading_spread_deg)
+    seen = perturb.most_seen_panels(scene, poses, cfg.hfov_deg) if ranges.posters else None
+    nuisance = replace(perturb.draw_nuisance(ranges, job.nuisance_seed, scene, seen), supersample=cfg.supersample)
     renderer = perturb.PerturbedRenderer(scene, camera, nuisance, job.nuisance_seed, curve, cfg.frames_per_sequence)
     label_rng = np.random.default_rng([job.trajectory_seed, 4])
     seq = f"seq-{job.index:02d}"
