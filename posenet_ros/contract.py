@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from posenet_ros.camera import Camera
+
 CONTRACT_FORMAT = "posenet_ros.contract"
 CONTRACT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -118,10 +120,18 @@ class Contract:
     training: dict[str, Any] = field(default_factory=dict)
     code_version: str = ""
     version: int = CONTRACT_VERSION
+    # The training images' camera (at their size): the field of view the network learned, which
+    # the node compares with the live camera's CameraInfo. None: exported before it was recorded.
+    camera: Camera | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["calibration"] = {mode: cal.entry() for mode, cal in self.calibration.items()}
+        if self.camera is None:
+            del d["camera"]  # files without a camera stay as they were
+        else:  # the fields of view for people reading `posenet-ros info`; readers ignore them
+            fov = {"hfov_deg": round(self.camera.hfov_deg, 3), "vfov_deg": round(self.camera.vfov_deg, 3)}
+            d["camera"] = {**self.camera.to_dict(), **fov}
         d["format"] = CONTRACT_FORMAT
         return d
 
@@ -178,6 +188,9 @@ class Contract:
         if not isinstance(training, dict):
             raise ContractError("contract field 'training' must be an object")
         calibration = _calibration(data.get("calibration", {}), tuple(modes))
+        camera = None
+        if data.get("camera") is not None:
+            camera = Camera.from_dict(data["camera"], "contract field 'camera'", ContractError)
         return Contract(
             preprocessing=preprocessing,
             output=output,
@@ -188,6 +201,7 @@ class Contract:
             training=training,
             code_version=_str(data, "code_version", allow_empty=True),
             version=version,
+            camera=camera,
         )
 
 

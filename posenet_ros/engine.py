@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from posenet_ros.camera import Camera, CameraError, FovCheck, fov_check
 from posenet_ros.contract import (
     EXTRA_FILE_NAME,
     UNCERTAINTY_MODES,
@@ -40,7 +41,6 @@ from posenet_ros.geometry import (
 from posenet_ros.model_files import torch_file_kind
 from posenet_ros.preprocess import CpuPreprocessor, InputError, TorchPreprocessor, check_image, resized_size
 from posenet_ros.refine import (
-    Intrinsics,
     MapError,
     RefineConfig,
     SceneMap,
@@ -54,7 +54,10 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # auto: the fastest native precision that agrees with fp32
-REFINE_MODES = ("off", "always")  # refinement against EngineConfig.map_path (docs/refinement.md)
+# Refinement against EngineConfig.map_path (docs/refinement.md): every frame, never, or on the frames
+# where refinement's recent time plus the network's single crop fits the latency budget.
+REFINE_MODES = ("off", "always", "budget")
+REFINE_PROBE_EVERY = 30  # under "budget", frames skipped before refinement's cost is measured again
 
 
 class EngineError(RuntimeError):
@@ -407,7 +410,7 @@ class Localization:
     inliers: int = 0  # PnP inliers (also when refused: too few, too far from the coarse pose)
     coarse_pose: Pose | None = None  # the network's pose; None given means ``pose``
     refine_ms: float = 0.0  # refinement's time, part of latency.total_ms (0 when it did not run)
-    refine_attempted: bool = False  # refinement ran on this frame (map loaded, refine "always")
+    refine_attempted: bool = False  # refinement ran on this frame (map loaded, refine on and due)
 
     def __post_init__(self) -> None:
         if self.coarse_pose is None:
@@ -496,13 +499,17 @@ class EngineConfig:
     warmup_iters: int = 5  # the profiling JIT specializes and fuses after a couple of runs
     # Refinement of the network's pose against a 3D map of the scene (docs/refinement.md).
     map_path: str | Path | None = None  # None: no refinement
-    refine: str = "always"  # "always": every frame, when map_path is set; "off": map loaded, not used
+    refine: str = "always"  # with map_path: "always" every frame, "budget" where it fits, "off" never
     # The query camera: (fx, fy, cx, cy, width, height) in pixels (OpenCV convention, top-left pixel
-    # centre at (0, 0)), or an Intrinsics; None: the map's camera, which holds only when the map was
+    # centre at (0, 0)), or a Camera; None: the map's camera, which holds only when the map was
     # built from images of the same camera model as the incoming ones. Frames of another size with
-    # the same aspect get the intrinsics scaled to their size.
-    intrinsics: tuple[float, float, float, float, int, int] | Intrinsics | None = None
+    # the same aspect get the intrinsics scaled to their size. ``Engine.set_camera`` (the node's
+    # CameraInfo) replaces it.
+    intrinsics: tuple[float, float, float, float, int, int] | Camera | None = None
     refine_config: RefineConfig = field(default_factory=RefineConfig)
+    # A live camera (``set_camera``) whose network view differs from the training camera's by more
+    # than this fraction is reported, and cropped to the training view where it is wider.
+    fov_tolerance: float = 0.05
 
 
 @dataclass
@@ -515,9 +522,9 @@ class EngineStats:
     refined: int = 0  # of those, the ones whose pose is the refined one
 
 
-def intrinsics_of(value: tuple | list | Intrinsics, where: str = "intrinsics") -> Intrinsics:
-    """``Intrinsics`` from an Intrinsics or (fx, fy, cx, cy, width, height); one-line EngineError."""
-    if isinstance(value, Intrinsics):
+def intrinsics_of(value: tuple | list | Camera, where: str = "intrinsics") -> Camera:
+    """A ``Camera`` from a Camera or (fx, fy, cx, cy, width, height); one-line EngineError."""
+    if isinstance(value, Camera):
         k = value
     else:
         try:
@@ -526,26 +533,11 @@ def intrinsics_of(value: tuple | list | Intrinsics, where: str = "intrinsics") -
             raise EngineError(f"{where} must be fx, fy, cx, cy, width, height (six numbers), got {value!r}") from None
         if w != int(w) or h != int(h):
             raise EngineError(f"{where}: width and height must be whole pixels, got {w:g} x {h:g}")
-        k = Intrinsics(int(w), int(h), fx, fy, cx, cy)
+        k = Camera(int(w), int(h), fx, fy, cx, cy)
     try:
-        k.check(where)
-    except MapError as exc:
+        return k.check(where)
+    except CameraError as exc:
         raise EngineError(str(exc)) from None
-    return k
-
-
-def scale_intrinsics(k: Intrinsics, width: int, height: int) -> Intrinsics:
-    """``k`` for the same camera's images resized to ``width`` x ``height`` (same aspect, within a
-    pixel of rounding; else ImageError). Pixel centres at integer coordinates: c' = (c + 0.5) s - 0.5."""
-    if (width, height) == (k.width, k.height):
-        return k
-    if abs(width * k.height - height * k.width) > max(k.width, k.height, width, height):
-        raise ImageError(
-            f"image is {width}x{height}, not the aspect of the refinement intrinsics ({k.width}x{k.height}); "
-            "give the camera's intrinsics at this size (EngineConfig.intrinsics)"
-        )
-    sx, sy = width / k.width, height / k.height
-    return Intrinsics(width, height, k.fx * sx, k.fy * sy, (k.cx + 0.5) * sx - 0.5, (k.cy + 0.5) * sy - 0.5)
 
 
 def refine_image(image: np.ndarray, encoding: str) -> np.ndarray:
@@ -662,9 +654,13 @@ class Engine:
         EngineError for a bad file, a map of another scene or bad intrinsics."""
         config = self.config
         self.scene_map: SceneMap | None = None
-        self.intrinsics: Intrinsics | None = None
-        self._scaled: dict[tuple[int, int], Intrinsics] = {}
+        self.intrinsics: Camera | None = None
+        self._scaled: dict[tuple[int, int], Camera] = {}
         self._refine_ema_ms = 0.0
+        self._refine_skipped = 0
+        self.live_camera: Camera | None = None
+        self.fov: FovCheck | None = None
+        self._fov_windows: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         if config.refine not in REFINE_MODES:
             raise EngineError(f"unknown refine mode {config.refine!r}; use one of {', '.join(REFINE_MODES)}")
         self.refine_mode = config.refine  # "always" without a map: nothing to refine against
@@ -689,26 +685,83 @@ class Engine:
 
     @property
     def refining(self) -> bool:
-        """Whether frames are refined now (a map is loaded and the mode is "always")."""
-        return self.scene_map is not None and self.refine_mode == "always"
+        """Whether frames may be refined now (a map is loaded and the mode is not "off")."""
+        return self.scene_map is not None and self.refine_mode != "off"
+
+    def _refine_fits(self) -> bool:
+        """Under refine "budget": whether this frame has room for refinement (its recent time plus
+        one crop of the network within the budget). Skipped frames count, and every
+        ``REFINE_PROBE_EVERY``-th one refines anyway so the estimate follows the machine."""
+        budget = self.budget.budget_ms
+        if self.refine_mode != "budget" or budget is None:
+            return True
+        fits = self._refine_ema_ms + self.budget.predict_ms(1) <= budget
+        self._refine_skipped = 0 if fits or self._refine_skipped >= REFINE_PROBE_EVERY else self._refine_skipped + 1
+        return fits or self._refine_skipped == 0
 
     def set_refine(self, mode: str) -> None:
-        """Switch refinement live ("off" | "always"); "always" needs the map loaded at start."""
+        """Switch refinement live (REFINE_MODES); "always" and "budget" need the map loaded at start."""
         if mode not in REFINE_MODES:
             raise EngineError(f"unknown refine mode {mode!r}; use one of {', '.join(REFINE_MODES)}")
-        if mode == "always" and self.scene_map is None:
-            raise EngineError("refine always needs a map; start the engine with map_path")
+        if mode != "off" and self.scene_map is None:
+            raise EngineError(f"refine {mode} needs a map; start the engine with map_path")
         self.refine_mode = mode
 
-    def intrinsics_for(self, width: int, height: int) -> Intrinsics:
+    def intrinsics_for(self, width: int, height: int) -> Camera:
         """The refinement intrinsics for a frame of this size (scaled when it differs, same aspect);
         ImageError otherwise."""
         k = self._scaled.get((width, height))
         if k is None:
             if len(self._scaled) > 16:  # a camera changing size all the time: do not grow forever
                 self._scaled.clear()
-            k = self._scaled[(width, height)] = scale_intrinsics(self.intrinsics, width, height)
+            camera = self.live_camera or self.intrinsics
+            try:
+                k = self._scaled[(width, height)] = camera.scaled(width, height)
+            except CameraError as exc:
+                raise ImageError(f"refinement: {exc}; give the camera's intrinsics at this size") from None
         return k
+
+    def set_camera(self, camera: Camera | None) -> FovCheck | None:
+        """The live camera (the node's CameraInfo): refinement's intrinsics from now on (over the
+        map's and ``config.intrinsics``), and its field of view checked against the training
+        camera's (``contract.camera``): reported in ``self.fov``, and where the live view is wider,
+        frames are cropped to the training view before the network sees them. None: forget it."""
+        if camera == self.live_camera:
+            return self.fov
+        self.live_camera = camera
+        self._scaled.clear()
+        self._fov_windows.clear()
+        if camera is None:
+            self.fov = None
+            return None
+        pre = self.contract.preprocessing
+        self.fov = fov_check(
+            camera,
+            self.contract.camera,
+            pre.resize_shortest_side,
+            pre.input_width,
+            pre.input_height,
+            self.config.fov_tolerance,
+        )
+        report = log.warning if self.fov.warning else log.info
+        report("camera %dx%d: %s", camera.width, camera.height, self.fov.message)
+        return self.fov
+
+    def _network_view(self, image: np.ndarray) -> np.ndarray:
+        """The part of ``image`` the network sees: the training camera's view (``set_camera``)."""
+        if self.fov is None or self.fov.window is None:
+            return image
+        height, width = image.shape[:2]
+        window = self._fov_windows.get((width, height))
+        if window is None:
+            if len(self._fov_windows) > 16:
+                self._fov_windows.clear()
+            x0, y0, w, h = self.fov.window
+            sx, sy = width / self.live_camera.width, height / self.live_camera.height
+            window = (round(x0 * sx), round(y0 * sy), max(round(w * sx), 1), max(round(h * sy), 1))
+            self._fov_windows[(width, height)] = window
+        x0, y0, w, h = window
+        return image[y0 : y0 + h, x0 : x0 + w]
 
     def _precision_refusal(self, precision: str) -> str | None:
         """Why this engine cannot run ``precision`` (one line), or None when it can."""
@@ -867,20 +920,23 @@ class Engine:
 
     # -- public API ----------------------------------------------------------------------------
 
-    def localize(self, image: np.ndarray, encoding: str = "rgb8", crops: int | None = None) -> Localization:
+    def localize(
+        self, image: np.ndarray, encoding: str = "rgb8", crops: int | None = None, refine: bool = True
+    ) -> Localization:
         """Pose of the camera that took ``image`` (HxWxC uint8 in ``encoding``).
 
         ``crops`` forces a crop count; otherwise the latency budget picks it (or ``config.crops``
         when no budget is set). In mc_dropout mode ``mc_samples`` poses are drawn (or as many as the
         budget allows): with the paper sampling each from its own random crop (``mc_crops``;
         ``Localization.crops`` is then the sample count), with the head sampling from the centre crop.
-        With a map (``config.map_path``, refine "always") the
-        network's pose is refined against it (``posenet_ros.refine.refine_pose``); a frame that is
+        With a map (``config.map_path``, refine "always", or "budget" where the budget leaves
+        room) the network's pose is refined against it, unless ``refine`` is False (the node's
+        ``refine_rate_hz``) (``posenet_ros.refine.refine_pose``); a frame that is
         not refined keeps the network's pose and says why (``Localization.refine_reason``). Under a
         latency budget the crop count leaves room for refinement's recent time. Raises ImageError
         for unusable frames (also a frame whose aspect differs from the refinement intrinsics') and
         NonFiniteOutputError when the network output is not finite."""
-        refining = self.refining
+        refining = self.refining and refine and self._refine_fits()
         reserve = self._refine_ema_ms if refining else 0.0  # the budget leaves room for refinement
         if self.mc:
             # Paper sampling: a random crop per sample. Head sampling: dropout samples of each of
@@ -895,7 +951,7 @@ class Engine:
             samples, count = 0, crops
         t0 = time.perf_counter()
         try:
-            batch, seed = self._prepare(image, encoding, crops, samples)
+            batch, seed = self._prepare(self._network_view(image), encoding, crops, samples)
         except InputError as exc:
             raise ImageError(str(exc)) from None
         intrinsics = self.intrinsics_for(image.shape[1], image.shape[0]) if refining else None

@@ -24,16 +24,25 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 from tf2_ros import Buffer, TransformBroadcaster, TransformException, TransformListener
 
+from posenet_ros.camera import Camera, CameraError, camera_from_info
 from posenet_ros.engine import Engine, EngineError
 from posenet_ros.errors import first_line
 from posenet_ros.geometry import Pose
 from posenet_ros.image_codec import ImageDecodeError, decode
 from posenet_ros.relocalizer.diagnostics import NodeStats, diagnostic_level
-from posenet_ros.relocalizer.frames import DROPPED_STALE, PUBLISHED, Frame, LatestFrameSlot, localize_frame, stamp_to_ns
+from posenet_ros.relocalizer.frames import (
+    DROPPED_STALE,
+    PUBLISHED,
+    Frame,
+    LatestFrameSlot,
+    RefineGate,
+    localize_frame,
+    stamp_to_ns,
+)
 from posenet_ros.relocalizer.messages import covariance_list, fill_pose, fill_transform, pose_from_transform, set_stamp
 from posenet_ros.relocalizer.params import PARAMETERS, NodeSettings, ParamSpec, resolve_model_path
 from posenet_ros.relocalizer.tf_plans import (
@@ -122,6 +131,13 @@ class RelocalizerNode(Node):
         self.worker_error = ""  # set if the worker ever stops for good; /diagnostics turns ERROR
         self._initial_pose_armed = s.initial_pose_on_start
         self._tf_parents: tuple[float, dict[str, str]] = (-float("inf"), {})
+        self.refine_gate = RefineGate()
+        # The newest CameraInfo's camera (set by the subscription, applied by the worker: the engine
+        # is only ever touched from the worker thread) and what was wrong with the last one.
+        self._camera_info: Camera | None = None
+        self._camera_info_problem = "" if s.camera_info_topic else "not subscribed (camera_info_topic empty)"
+        if s.camera_info_topic:
+            self.create_subscription(CameraInfo, s.camera_info_topic, self._on_camera_info, SENSOR_QOS)
         if s.compressed:
             self.create_subscription(CompressedImage, "image/compressed", self._on_image, SENSOR_QOS)
         else:
@@ -179,6 +195,18 @@ class RelocalizerNode(Node):
         self.stats.received_frame()
         self.slot.put(Frame(msg, stamp_to_ns(msg.header.stamp), msg.header.frame_id))
 
+    def _on_camera_info(self, msg: Any) -> None:
+        try:
+            if msg.binning_x > 1 or msg.binning_y > 1 or msg.roi.width or msg.roi.height:
+                raise CameraError("CameraInfo with binning or a region of interest is not supported")
+            camera = camera_from_info(msg.width, msg.height, msg.k, msg.d, msg.distortion_model)
+        except CameraError as exc:
+            if str(exc) != self._camera_info_problem:
+                self.get_logger().warning(f"ignoring CameraInfo: {exc}")
+            self._camera_info_problem = str(exc)
+            return
+        self._camera_info, self._camera_info_problem = camera, ""
+
     def _run_worker(self) -> None:
         try:
             while not self.slot.closed:
@@ -207,9 +235,10 @@ class RelocalizerNode(Node):
             mount = self._lookup_mount(s.base_frame, camera)
             if mount is None and s.pose_of_base:
                 return False  # counted and logged by _lookup_mount; no point running the network
-        outcome = localize_frame(
-            self.engine, s, self.converter.decode, frame, self.get_clock().now().nanoseconds, self.stats
-        )
+        if self._camera_info is not self.engine.live_camera:
+            self.engine.set_camera(self._camera_info)
+        now_ns = self.get_clock().now().nanoseconds
+        outcome = localize_frame(self.engine, s, self.converter.decode, frame, now_ns, self.stats, self.refine_gate)
         if outcome.status != PUBLISHED:
             # One call site per severity: rclpy refuses a call site that changes severity.
             if outcome.status == DROPPED_STALE:
@@ -305,8 +334,13 @@ class RelocalizerNode(Node):
     def publish_diagnostics(self) -> None:
         summary = self.stats.summary(self.slot.skipped)
         worker_error = self.worker_error or ("" if self._worker.is_alive() else "the inference thread ended")
+        fov = self.engine.fov
         level, message = diagnostic_level(
-            summary, self.settings.latency_budget_ms, worker_error, self.stats.last_drop_reason
+            summary,
+            self.settings.latency_budget_ms,
+            worker_error,
+            self.stats.last_drop_reason,
+            fov.message if fov is not None and fov.warning else "",
         )
         status = DiagnosticStatus()
         status.level = bytes([level])
@@ -317,6 +351,9 @@ class RelocalizerNode(Node):
         e = self.engine
         extra = {"device": str(e.device), "backend": e.backend, "precision": e.precision}
         extra |= {"model_scene": c.scene.name, "contract_version": c.version}
+        extra["camera_info"] = self._camera_info_problem or ("received" if self._camera_info else "none received yet")
+        if fov is not None:
+            extra["field_of_view"] = fov.message
         status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in {**summary, **extra}.items()]
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from posenet_ros.atomic import atomic_path
+from posenet_ros.camera import Camera
 from posenet_ros.geometry import (
     Pose,
     matrix_to_quat,
@@ -68,43 +69,6 @@ class MapError(ValueError):
 
 
 # -- intrinsics and features --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Intrinsics:
-    """Pinhole camera of the full-resolution images, OpenCV pixel convention (no distortion)."""
-
-    width: int
-    height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-
-    def matrix(self) -> np.ndarray:
-        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
-
-    @property
-    def hfov_deg(self) -> float:
-        return float(np.degrees(2 * np.arctan2(self.width / 2, self.fx)))
-
-    def check(self, where: str = "intrinsics") -> None:
-        values = (self.fx, self.fy, self.cx, self.cy)
-        if self.width < 1 or self.height < 1 or not all(np.isfinite(v) for v in values):
-            raise MapError(f"{where}: size {self.width}x{self.height} or values {values} are not valid")
-        if self.fx <= 0 or self.fy <= 0:
-            raise MapError(f"{where}: focal lengths must be positive, got fx={self.fx} fy={self.fy}")
-
-    @staticmethod
-    def from_dict(d: dict, where: str = "intrinsics") -> Intrinsics:
-        try:
-            k = Intrinsics(
-                int(d["width"]), int(d["height"]), float(d["fx"]), float(d["fy"]), float(d["cx"]), float(d["cy"])
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MapError(f"{where}: needs width, height, fx, fy, cx, cy as numbers ({exc!s})") from None
-        k.check(where)
-        return k
 
 
 @dataclass(frozen=True)
@@ -187,7 +151,7 @@ class SceneMap:
     ``kp_offsets[i]:kp_offsets[i + 1]``."""
 
     scene: str
-    intrinsics: Intrinsics
+    intrinsics: Camera
     features: FeatureConfig
     image_names: list[str]
     poses: np.ndarray  # (N, 7): x, y, z, qw, qx, qy, qz, camera-to-map
@@ -215,7 +179,7 @@ class SceneMap:
             "feature_type": self.features.feature_type,
             "features": asdict(self.features),
             "image_size": [self.intrinsics.width, self.intrinsics.height],
-            "intrinsics": asdict(self.intrinsics),
+            "intrinsics": self.intrinsics.to_dict(),
             "counts": {"images": len(self.image_names), "points": len(self.points), "keypoints": len(self.keypoints)},
             "build": self.build,
         }
@@ -288,7 +252,7 @@ def load_map(path: str | Path) -> SceneMap:
         )
     if not isinstance(header.get("scene"), str):
         raise MapError(f"{where}: header has no scene name")
-    intr = Intrinsics.from_dict(header.get("intrinsics") or {}, f"{where}: intrinsics")
+    intr = Camera.from_dict(header.get("intrinsics") or {}, f"{where}: intrinsics", MapError)
     fdict = header.get("features") or {}
     try:
         features = FeatureConfig(str(fdict["feature_type"]), int(fdict["max_size"]), int(fdict["max_features"]))
@@ -486,7 +450,7 @@ def _not_refined(coarse: Pose, reason: str, t0: float, tf: float, tm: float, tp:
 
 def refine_pose(
     image: np.ndarray,
-    intrinsics: Intrinsics,
+    intrinsics: Camera,
     coarse: Pose,
     scene_map: SceneMap,
     cfg: RefineConfig | None = None,
@@ -531,6 +495,9 @@ def refine_pose(
     pixels = kq[m[:, 0]].astype(np.float64)
     points = scene_map.points[point_list[m[:, 1]]]
     kmat = intrinsics.matrix()
+    if intrinsics.distortion:  # PnP and its covariance below work on the ideal pinhole's pixels
+        dist = np.asarray(intrinsics.distortion, dtype=np.float64)
+        pixels = cv2.undistortPoints(pixels.reshape(-1, 1, 2), kmat, dist, P=kmat).reshape(-1, 2)
     try:
         ok, rvec, tvec, inl = cv2.solvePnPRansac(
             points,

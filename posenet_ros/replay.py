@@ -50,6 +50,7 @@ from posenet_ros.relocalizer.frames import (
     Frame,
     FrameOutcome,
     LatestFrameSlot,
+    RefineGate,
     localize_frame,
     stamp_to_ns,
 )
@@ -154,6 +155,7 @@ class _Run:
             raise ReplayError("--intrinsics are refinement's camera and need --map")
         self.engine = Engine(cfg.model, self.settings.engine_config(**overrides))
         self.stats = NodeStats(window=1 << 30)
+        self.refine_gate = RefineGate()  # -p refine_rate_hz:=... as in the node
         self.records: list[FrameRecord] = []
         self.skipped_records: dict[int, FrameRecord] = {}  # realtime: read, replaced before inference
         self.writer = self._open_writer() if cfg.out_bag else None
@@ -173,7 +175,7 @@ class _Run:
             self.records.append(rec)
             return rec
         frame = Frame(msg.msg, stamp_to_ns(msg.msg.header.stamp), msg.msg.header.frame_id)
-        outcome = localize_frame(self.engine, self.settings, decode, frame, now_ns, self.stats)
+        outcome = localize_frame(self.engine, self.settings, decode, frame, now_ns, self.stats, self.refine_gate)
         rec = self._record(msg, frame, outcome)
         self.records.append(rec)
         if outcome.status == PUBLISHED and self.writer is not None:

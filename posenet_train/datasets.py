@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from posenet_ros.atomic import atomic_path
+from posenet_ros.camera import Camera
 from posenet_ros.geometry import Pose, matrix_to_quat, quat_canonical, quat_conjugate, quat_rotate
 
 CSV_COLUMNS = ("image", "split", "x", "y", "z", "qw", "qx", "qy", "qz")
@@ -178,62 +179,11 @@ def split_counts(records: list[PoseRecord]) -> dict[str, int]:
 CAMERAS_FILE = "cameras.json"
 CAMERAS_FORMAT = "posenet_train.cameras"
 CAMERAS_VERSION = 1
-DISTORTION_KEYS = ("k1", "k2", "p1", "p2", "k3")  # OpenCV's order (plumb_bob); k3 optional
 # 7-Scenes' Kinect colour camera as the 7-Scenes literature uses it (the data set's page gives only
 # the depth camera's; PoseNet-era and structure-based papers, hloc's 7-Scenes pipeline among them,
 # take fx = fy = 585, principal point (320, 240) at 640x480, no distortion). The data set's images
 # are all 640x480; a resized copy gets intrinsics of the wrong size, which ``build_map`` refuses.
 SEVEN_SCENES_CAMERA_SOURCE = "7-Scenes: the Kinect colour intrinsics commonly used (fx = fy = 585, cx = 320, cy = 240)"
-
-
-@dataclass(frozen=True)
-class Camera:
-    """Pinhole intrinsics in pixels, OpenCV's convention (the top-left pixel's centre is (0, 0);
-    COLMAP's is (0.5, 0.5)), with OpenCV's distortion (k1, k2, p1, p2[, k3]); () is none."""
-
-    width: int
-    height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    distortion: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        d = (*(float(v) for v in self.distortion), 0.0, 0.0, 0.0, 0.0, 0.0)[:5]
-        object.__setattr__(self, "distortion", () if not any(d) else d[: 5 if d[4] else 4])
-
-    def to_dict(self) -> dict:
-        out: dict = {"width": self.width, "height": self.height, "fx": self.fx, "fy": self.fy, "cx": self.cx}
-        out["cy"] = self.cy
-        if self.distortion:
-            out["distortion"] = dict(zip(DISTORTION_KEYS, self.distortion, strict=False))
-        return out
-
-    @staticmethod
-    def from_dict(d: object, where: str) -> Camera:
-        if not isinstance(d, dict):
-            raise DatasetError(f"{where}: a camera must be an object with width, height, fx, fy, cx, cy")
-        missing = [k for k in ("width", "height", "fx", "fy", "cx", "cy") if k not in d]
-        if missing:
-            raise DatasetError(f"{where}: camera lacks {', '.join(missing)}")
-        size = [d["width"], d["height"]]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
-            raise DatasetError(f"{where}: width and height must be positive integers, got {size}")
-        values = checked_numbers([d[k] for k in ("fx", "fy", "cx", "cy")], f"{where}: fx, fy, cx, cy")
-        if values[0] <= 0 or values[1] <= 0:
-            raise DatasetError(f"{where}: focal lengths must be positive, got fx={values[0]} fy={values[1]}")
-        dist = d.get("distortion", {})
-        if not isinstance(dist, dict) or set(dist) - set(DISTORTION_KEYS):
-            raise DatasetError(f"{where}: distortion must be an object with keys among {', '.join(DISTORTION_KEYS)}")
-        coeffs = checked_numbers([dist.get(k, 0.0) for k in DISTORTION_KEYS], f"{where}: distortion")
-        return Camera(size[0], size[1], *values, distortion=tuple(coeffs))
-
-
-def checked_numbers(values: list[object], where: str) -> list[float]:
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        raise DatasetError(f"{where} must be finite numbers, got {values}")
-    return [float(v) for v in values]
 
 
 @dataclass(frozen=True)
@@ -314,7 +264,7 @@ def read_cameras_json(folder: str | Path) -> DatasetCameras | None:
     raw = doc.get("cameras")
     if not isinstance(raw, dict) or not raw:
         raise DatasetError(f"{path}: 'cameras' must be a non-empty object of named cameras")
-    cameras = {str(name): Camera.from_dict(cam, f"{path}: camera {name!r}") for name, cam in raw.items()}
+    cameras = {str(name): Camera.from_dict(cam, f"{path}: camera {name!r}", DatasetError) for name, cam in raw.items()}
     images = doc.get("images", {})
     if not isinstance(images, dict) or not all(isinstance(v, str) for v in images.values()):
         raise DatasetError(f"{path}: 'images' must map image-path prefixes to camera names")
@@ -324,6 +274,29 @@ def read_cameras_json(folder: str | Path) -> DatasetCameras | None:
     if len(cameras) > 1 and not images:
         raise DatasetError(f"{path}: {len(cameras)} cameras but no 'images' saying which image is whose")
     return DatasetCameras(cameras, dict(images), str(doc.get("source", "")))
+
+
+def dataset_camera(folder: str | Path) -> Camera | None:
+    """The one camera of a data set folder: ``cameras.json``'s where every image shares it, else the
+    synthetic renderer's ``scene.json`` (width, height and the 3x3 matrix); None where neither says
+    (or the images have different cameras). A broken file is one DatasetError line."""
+    folder = Path(folder)
+    cameras = read_cameras_json(folder)
+    if cameras is not None:
+        return cameras.single()
+    path = folder / "scene.json"
+    if not path.is_file():
+        return None
+    try:
+        cam = json.loads(read_text(path))["camera"]
+        k = np.asarray(cam["intrinsics"], dtype=np.float64)
+        width, height = int(cam["width"]), int(cam["height"])
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: camera intrinsics unreadable ({exc!s})") from None
+    if k.shape != (3, 3):
+        raise DatasetError(f"{path}: camera intrinsics are not a 3x3 matrix")
+    camera = Camera(width, height, float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
+    return camera.check(str(path), DatasetError)
 
 
 # -- the validation split ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from posenet_ros.camera import Camera
 from posenet_ros.contract import Contract, OutputSpec, Preprocessing, SceneInfo
 from posenet_ros.errors import first_line
 from posenet_ros.export import export_torchscript
@@ -72,6 +73,7 @@ def contract_from_checkpoint(ckpt: dict[str, Any], metrics: dict[str, float] | N
         scene=SceneInfo(name=ckpt["scene"]["name"], extent=tuple(ckpt["scene"]["extent"])),
         training=training,
         code_version=ckpt.get("code_version", ""),
+        camera=Camera.from_dict(ckpt["camera"], "checkpoint camera", ValueError) if ckpt.get("camera") else None,
     )
 
 

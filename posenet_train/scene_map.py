@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from posenet_ros.camera import Camera
 from posenet_ros.geometry import (
     Pose,
     quat_multiply,
@@ -37,7 +38,6 @@ from posenet_ros.geometry import (
 )
 from posenet_ros.refine import (
     FeatureConfig,
-    Intrinsics,
     MapError,
     SceneMap,
     extract_features,
@@ -46,9 +46,9 @@ from posenet_ros.refine import (
 )
 from posenet_train.datasets import (
     CAMERAS_FILE,
-    Camera,
     DatasetError,
     PoseRecord,
+    dataset_camera,
     read_cameras_json,
     read_poses_csv,
     split_records,
@@ -81,16 +81,16 @@ class MapConfig:
 # -- intrinsics ---------------------------------------------------------------------------------
 
 
-def synth_intrinsics(cfg) -> Intrinsics:
+def synth_intrinsics(cfg) -> Camera:
     """Exact pinhole intrinsics of images rendered by ``posenet_train.synth.render_dataset`` with
     ``cfg`` (a ``SynthConfig``): the renderer's ``Camera(width, height, hfov_deg)``, focal length
     ``0.5 * width / tan(hfov / 2)`` on both axes, principal point at the image centre
     ``((width - 1) / 2, (height - 1) / 2)`` (OpenCV pixel centres), no distortion."""
-    from posenet_train.synth import Camera
+    from posenet_train.synth import Camera as RenderCamera
 
-    cam = Camera(cfg.width, cfg.height, cfg.hfov_deg)
+    cam = RenderCamera(cfg.width, cfg.height, cfg.hfov_deg)
     k = cam.intrinsics()
-    return Intrinsics(cam.width, cam.height, float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
+    return Camera(cam.width, cam.height, float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
 
 
 # Distortion this small (the largest shift it makes at the image's corners, in pixels) is left out of
@@ -98,66 +98,38 @@ def synth_intrinsics(cfg) -> Intrinsics:
 MAX_IGNORED_DISTORTION_PX = 1.0
 
 
-def distortion_shift_px(cam: Camera) -> float:
-    """The largest shift OpenCV's distortion (k1, k2, p1, p2, k3) makes at the four image corners."""
-    k1, k2, p1, p2, k3 = (*cam.distortion, 0.0, 0.0, 0.0, 0.0, 0.0)[:5]
-    u = np.array([0.0, cam.width - 1.0, 0.0, cam.width - 1.0])
-    v = np.array([0.0, 0.0, cam.height - 1.0, cam.height - 1.0])
-    x, y = (u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy
-    r2 = x * x + y * y
-    radial = k1 * r2 + k2 * r2 * r2 + k3 * r2**3
-    dx = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
-    dy = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
-    return float(np.max(np.hypot(dx * cam.fx, dy * cam.fy)))
-
-
-def dataset_intrinsics(folder: str | Path) -> Intrinsics:
-    """Intrinsics of a data set folder's camera: its ``cameras.json`` (written by ``posenet-train
-    convert`` for 7-Scenes and COLMAP, and ``from-bag`` from the recording's CameraInfo), else the
-    synthetic renderer's ``scene.json`` (width, height and the 3x3 matrix), else a one-line MapError.
+def dataset_intrinsics(folder: str | Path) -> Camera:
+    """The pinhole camera of a data set folder (``datasets.dataset_camera``: its ``cameras.json``,
+    written by ``posenet-train convert`` for 7-Scenes and COLMAP and ``from-bag`` from the
+    recording's CameraInfo, else the synthetic renderer's ``scene.json``), else a one-line MapError.
     The map is a pinhole model: a camera whose distortion shifts the image corners by more than
     ``MAX_IGNORED_DISTORTION_PX`` is refused (undistort the images first)."""
     folder = Path(folder)
     try:
         cameras = read_cameras_json(folder)
+        cam = dataset_camera(folder)
     except DatasetError as exc:
         raise MapError(f"{exc}; refinement needs the intrinsics") from None
-    if cameras is not None:
-        where = str(folder / CAMERAS_FILE)
-        cam = cameras.single()
-        if cam is None:
-            raise MapError(
-                f"{where}: {len(cameras.cameras)} different cameras; a map is built for one camera (convert "
-                "each camera's images to a data set of its own)"
-            )
-        shift = distortion_shift_px(cam) if cam.distortion else 0.0
-        if shift > MAX_IGNORED_DISTORTION_PX:
-            raise MapError(
-                f"{where}: the lens distortion moves the image corners by {shift:.1f} px and the map is a "
-                f"pinhole model (up to {MAX_IGNORED_DISTORTION_PX:g} px is ignored); undistort the images "
-                "first (for COLMAP: colmap image_undistorter, then convert its PINHOLE model)"
-            )
-        intr = Intrinsics(cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy)
-        intr.check(where)
-        return intr
-    path = folder / "scene.json"
-    if not path.is_file():
+    where = str(folder / CAMERAS_FILE)
+    if cameras is not None and cam is None:
+        raise MapError(
+            f"{where}: {len(cameras.cameras)} different cameras; a map is built for one camera (convert "
+            "each camera's images to a data set of its own)"
+        )
+    if cam is None:
         raise MapError(
             f"{folder}: no camera intrinsics (no {CAMERAS_FILE}, no scene.json), and a map needs them: "
             f"posenet-train convert writes {CAMERAS_FILE} for 7-Scenes and COLMAP (cameras.txt), from-bag "
             "where the recording has the camera's CameraInfo, synth writes scene.json"
         )
-    try:
-        cam = json.loads(path.read_text())["camera"]
-        k = np.asarray(cam["intrinsics"], dtype=np.float64)
-        width, height = int(cam["width"]), int(cam["height"])
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-        raise MapError(f"{path}: camera intrinsics unreadable ({exc!s}); refinement needs them") from None
-    if k.shape != (3, 3):
-        raise MapError(f"{path}: camera intrinsics are not a 3x3 matrix")
-    intr = Intrinsics(width, height, float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
-    intr.check(str(path))
-    return intr
+    shift = cam.distortion_shift_px() if cam.distortion else 0.0
+    if shift > MAX_IGNORED_DISTORTION_PX:
+        raise MapError(
+            f"{where}: the lens distortion moves the image corners by {shift:.1f} px and the map is a "
+            f"pinhole model (up to {MAX_IGNORED_DISTORTION_PX:g} px is ignored); undistort the images "
+            "first (for COLMAP: colmap image_undistorter, then convert its PINHOLE model)"
+        )
+    return cam.pinhole().check(where, MapError)
 
 
 def dataset_scene_name(folder: str | Path) -> str:
@@ -348,7 +320,7 @@ def build_map(
     dataset: str | Path,
     out: str | Path | None = None,
     cfg: MapConfig | None = None,
-    intrinsics: Intrinsics | None = None,
+    intrinsics: Camera | None = None,
     scene: str | None = None,
     progress: bool = False,
 ) -> SceneMap:
@@ -358,7 +330,7 @@ def build_map(
     dataset = Path(dataset)
     t_start = time.perf_counter()
     intr = intrinsics or dataset_intrinsics(dataset)
-    intr.check()
+    intr.check("intrinsics", MapError)
     records = select_records(split_records(read_poses_csv(dataset / "poses.csv"), "train"), cfg)
     if len(records) < 2:
         raise MapError(f"{dataset}: need at least 2 training images for a map, got {len(records)}")

@@ -32,7 +32,7 @@ from posenet_ros.errors import first_line
 from posenet_ros.geometry import position_error, quat_unit, rotation_error_deg
 from posenet_ros.model import PoseNet, PoseNetConfig, load_imagenet_backbone
 from posenet_train.data import Augmentation, PoseDataset, PositionNormalization, epoch_order, sample_rngs
-from posenet_train.datasets import DatasetError, camera_extent, read_poses_csv, split_records
+from posenet_train.datasets import DatasetError, camera_extent, dataset_camera, read_poses_csv, split_records
 from posenet_train.loss import PoseLoss
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -427,6 +427,7 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
     data_root = Path(cfg.data)
     records = read_poses_csv(data_root)
     train_records = split_records(records, "train")
+    train_camera = dataset_camera(data_root)  # the contract records it: the node checks the live camera's view
     test_records = [r for r in records if r.split == "test"]
     # The figures watched during training come from the val split, so the test split stays unseen;
     # a data set without val rows (written before there was one) falls back to test, and says so.
@@ -522,6 +523,7 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
                     "val_images": sum(r.split == "val" for r in records),
                 },
                 "pretrained": pretrained,
+                "camera": train_camera.to_dict() if train_camera is not None else None,
                 "code_version": __version__,
             }
             atomic_save(state, path)

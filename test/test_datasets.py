@@ -9,14 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
+from posenet_ros.camera import Camera
 from posenet_ros.geometry import Pose, quat_canonical, quat_conjugate, quat_rotate, quat_to_matrix, rotation_error_deg
-from posenet_ros.refine import Intrinsics, MapError
+from posenet_ros.refine import MapError
 from posenet_train.cli import main as train_main
 from posenet_train.datasets import (
     CAMERAS_FILE,
     CSV_COLUMNS,
     VAL_GAP_FRAMES,
-    Camera,
     DatasetError,
     PoseRecord,
     checked_quaternion,
@@ -185,7 +185,7 @@ def test_colmap_round_trip(tmp_path: Path) -> None:
     # cameras.txt's PINHOLE camera, the principal point moved from COLMAP's pixel convention to OpenCV's.
     assert read_cameras_json(tmp_path / "out").single() == Camera(64, 48, 50.0, 50.0, 31.5, 23.5)
     # ... which is what posenet-train map takes for the data set.
-    assert dataset_intrinsics(tmp_path / "out") == Intrinsics(64, 48, 50.0, 50.0, 31.5, 23.5)
+    assert dataset_intrinsics(tmp_path / "out") == Camera(64, 48, 50.0, 50.0, 31.5, 23.5)
 
 
 @pytest.mark.parametrize(

@@ -229,8 +229,8 @@ def camera_info(width: int, height: int, d: list[float], model: str = "plumb_bob
 
 
 def test_from_bag_takes_the_intrinsics_from_the_camera_info_topic(recording: tuple[Path, Path], tmp_path: Path) -> None:
-    from posenet_ros.refine import Intrinsics
-    from posenet_train.datasets import Camera, read_cameras_json
+    from posenet_ros.camera import Camera
+    from posenet_train.datasets import read_cameras_json
     from posenet_train.scene_map import dataset_intrinsics
 
     data, _ = recording
@@ -240,7 +240,7 @@ def test_from_bag_takes_the_intrinsics_from_the_camera_info_topic(recording: tup
     camera = Camera(96, 72, 80.0, 81.0, 47.25, 35.75, (0.01, -0.002, 0.0005, 0.0))
     assert read_cameras_json(tmp_path / "out").single() == camera
     assert "/cam/color/camera_info" in stats.line() and "cameras.json" in stats.line()
-    assert dataset_intrinsics(tmp_path / "out") == Intrinsics(96, 72, 80.0, 81.0, 47.25, 35.75)  # slight distortion
+    assert dataset_intrinsics(tmp_path / "out") == Camera(96, 72, 80.0, 81.0, 47.25, 35.75)  # slight distortion
     # Compressed images: the camera_info beside the image topic, not beside .../compressed.
     write_bag_with_camera_info(data, tmp_path / "cbag", camera_info(96, 72, []), compressed=True)
     bag_to_dataset(FromBagConfig(tmp_path / "cbag", tmp_path / "cout", truth), progress=False)

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from posenet_ros.refine import Intrinsics, MapError
+from posenet_ros.camera import Camera
+from posenet_ros.refine import MapError
 from posenet_train.datasets import (
     CAMERAS_FILE,
-    Camera,
     DatasetCameras,
     DatasetError,
     read_cameras_json,
     read_poses_csv,
     write_cameras_json,
 )
-from posenet_train.scene_map import dataset_intrinsics, distortion_shift_px
+from posenet_train.scene_map import dataset_intrinsics
 
 PINHOLE = Camera(640, 480, 585.0, 585.0, 320.0, 240.0)
 DISTORTED = Camera(1920, 1080, 1670.5, 1671.25, 959.5, 539.5, (-0.1, 0.02, 0.001, -0.0005, 0.003))
@@ -98,20 +98,20 @@ def test_dataset_intrinsics_prefers_cameras_json_over_scene_json(tmp_path: Path)
     k = [[50, 0, 31.5], [0, 50, 23.5], [0, 0, 1]]
     scene = {"scene": "s", "camera": {"width": 64, "height": 48, "intrinsics": k}}
     (tmp_path / "scene.json").write_text(json.dumps(scene))
-    assert dataset_intrinsics(tmp_path) == Intrinsics(64, 48, 50.0, 50.0, 31.5, 23.5)
+    assert dataset_intrinsics(tmp_path) == Camera(64, 48, 50.0, 50.0, 31.5, 23.5)
     write_cameras_json(tmp_path, DatasetCameras({"camera": PINHOLE}, {}, "t"))
-    assert dataset_intrinsics(tmp_path) == Intrinsics(640, 480, 585.0, 585.0, 320.0, 240.0)
+    assert dataset_intrinsics(tmp_path) == Camera(640, 480, 585.0, 585.0, 320.0, 240.0)
 
 
 def test_dataset_intrinsics_refuses_several_cameras_and_strong_distortion(tmp_path: Path) -> None:
     write_cameras_json(tmp_path, DatasetCameras({"a": PINHOLE, "b": DISTORTED}, {"s1/": "a", "s2/": "b"}, "t"))
     with pytest.raises(MapError, match="2 different cameras; a map is built for one camera"):
         dataset_intrinsics(tmp_path)
-    assert distortion_shift_px(DISTORTED) > 10
+    assert DISTORTED.distortion_shift_px() > 10
     write_cameras_json(tmp_path, DatasetCameras({"b": DISTORTED}, {}, "t"))
     with pytest.raises(MapError, match=r"distortion moves the image corners by \d+\.\d px.*undistort"):
         dataset_intrinsics(tmp_path)
     slight = Camera(640, 480, 585.0, 585.0, 320.0, 240.0, (1e-4, 0.0, 0.0, 0.0))
-    assert 0 < distortion_shift_px(slight) < 1.0
+    assert 0 < slight.distortion_shift_px() < 1.0
     write_cameras_json(tmp_path, DatasetCameras({"c": slight}, {}, "t"))
-    assert dataset_intrinsics(tmp_path) == Intrinsics(640, 480, 585.0, 585.0, 320.0, 240.0)
+    assert dataset_intrinsics(tmp_path) == Camera(640, 480, 585.0, 585.0, 320.0, 240.0)

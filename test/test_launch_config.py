@@ -17,6 +17,7 @@ REQUIRED_ARGS = {
     "model",
     "map",
     "image_topic",
+    "camera_info_topic",
     "compressed",
     "params_file",
     "use_sim_time",

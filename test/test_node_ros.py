@@ -16,7 +16,7 @@ from conftest import NaNPoseNet, small_contract
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
 from ros_harness import POSE, POSE_COV, RosTestbed, stamp_ns, tf2_ros, wait_for
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_msgs.msg import TFMessage
 
 from posenet_ros.engine import Engine, EngineConfig
@@ -666,4 +666,67 @@ def test_poses_refined_against_a_map_are_centimetre_accurate(
     )
     assert int(values["refined"]) >= 0.75 * len(truth)
     assert "refinement against" in node.output
+    assert_clean_exit(node, signal.SIGINT)
+
+
+def camera_info_msg(camera: Any, stamp: int, frame: str = "camera_optical") -> Any:
+    msg = CameraInfo(width=camera.width, height=camera.height, distortion_model="plumb_bob")
+    msg.k = [camera.fx, 0.0, camera.cx, 0.0, camera.fy, camera.cy, 0.0, 0.0, 1.0]
+    msg.d = [0.0] * 5
+    msg.header.frame_id = frame
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+    return msg
+
+
+def test_camera_info_gives_refinement_its_intrinsics_and_the_field_of_view_check(
+    bed: RosTestbed, demo_room_with_map: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A camera wider than the training one (80 vs 65 deg, 320x240) announced on CameraInfo: the
+    node refines with CameraInfo's intrinsics (the map's, scaled to 320x240, would be 25% off in
+    focal length and PnP would fail), crops the network's input to the training view and says so in
+    /diagnostics; a narrower camera afterwards turns /diagnostics WARN with the reason."""
+    import dataclasses
+
+    from posenet_ros.export import rewrite_contract
+    from posenet_train.datasets import read_poses_csv, split_records
+    from posenet_train.scene_map import synth_intrinsics
+    from posenet_train.synth import Camera as RenderCamera
+    from posenet_train.synth import Renderer, SynthConfig, room_scene
+
+    room, map_path = demo_room_with_map
+    demo = ROOT / "models" / "posenet_demo.pt"
+    trained = synth_intrinsics(SynthConfig(width=256, height=192))
+    contract = dataclasses.replace(Engine(demo, EngineConfig(device="cpu", warmup_iters=1)).contract, camera=trained)
+    model = rewrite_contract(demo, tmp_path / "with_camera.pt", contract)
+    covs = bed.collect(PoseWithCovarianceStamped, POSE_COV)
+    diags = bed.collect(DiagnosticArray, "/diagnostics")
+    pub = bed.publisher(Image, CAMERA, reliable=True)
+    info_pub = bed.publisher(CameraInfo, "/camera/camera_info", reliable=True)
+    node = run_node(bed, model, f"map_path:={map_path}", "camera_info_topic:=/camera/camera_info")
+    bed.wait_matched(pub)
+    bed.wait_matched(info_pub)
+    wide = synth_intrinsics(SynthConfig(width=320, height=240, hfov_deg=80.0))
+    render = Renderer(room_scene(0), RenderCamera(320, 240, 80.0))
+    truth = {}
+    for k, rec in enumerate(split_records(read_poses_csv(room / "poses.csv"), "test")[::8]):
+        stamp = 1_700_000_000_000_000_000 + k * 100_000_000
+        info_pub.publish(camera_info_msg(wide, stamp))
+        send_until(pub, image_msg(stamp, pixels=render.render(rec.pose())[0]), covs)
+        truth[stamp] = rec.pose()
+    got = {stamp_ns(c): c for c in dedupe(covs)}
+    errors = [np.linalg.norm(pose_matrix(got[s].pose.pose)[:3, 3] - truth[s].position) for s in truth]
+    assert sum(e < 0.05 for e in errors) >= 0.75 * len(errors), errors
+    level, _, values = wait_for(lambda: diags and latest_status(diags), what="/diagnostics")
+    assert values["camera_info"] == "received" and "cropped to" in values["field_of_view"], values
+    assert level == 0
+    narrow = synth_intrinsics(SynthConfig(width=320, height=240, hfov_deg=50.0))
+    narrow_render = Renderer(room_scene(0), RenderCamera(320, 240, 50.0))
+    stamp = 1_700_000_100_000_000_000
+    info_pub.publish(camera_info_msg(narrow, stamp))
+    time.sleep(0.5)  # CameraInfo first, as a driver sends it
+    send_until(pub, image_msg(stamp, pixels=narrow_render.render(next(iter(truth.values())))[0]), covs)
+    level, message, values = wait_for(
+        lambda: diags and latest_status(diags)[0] == 1 and latest_status(diags), what="/diagnostics WARN"
+    )
+    assert "narrower" in message and "narrower" in values["field_of_view"]
     assert_clean_exit(node, signal.SIGINT)

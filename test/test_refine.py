@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
+from posenet_ros import camera
 from posenet_ros.geometry import Pose, position_error, quat_multiply, rotation_error_deg, rotation_vector_to_quat
 from posenet_ros.refine import (
     FeatureConfig,
-    Intrinsics,
     MapError,
     check_map_scene,
     load_map,
@@ -193,7 +193,7 @@ def test_map_save_is_atomic_and_round_trips(scene: dict, tmp_path: Path) -> None
 
 def test_covariance_is_the_gauss_newton_one_about_the_map_axes() -> None:
     rng = np.random.default_rng(0)
-    intr = Intrinsics(320, 240, 250.0, 250.0, 159.5, 119.5)
+    intr = camera.Camera(320, 240, 250.0, 250.0, 159.5, 119.5)
     k = intr.matrix()
     pose = Pose(np.array([1.0, 2.0, 1.5]), rotation_vector_to_quat([0.3, -1.2, 0.4]))
     pts = pose.transform_points(

@@ -17,7 +17,7 @@ import pytest
 from test_refine import MAP_CFG
 
 from posenet_ros.cli import main as ros_main
-from posenet_ros.engine import Engine, EngineConfig, EngineError, ImageError, scale_intrinsics
+from posenet_ros.engine import Engine, EngineConfig, EngineError, ImageError
 from posenet_ros.geometry import position_error, rotation_error_deg
 from posenet_ros.groundtruth import GroundTruthSource
 from posenet_ros.refine import load_map, reason_kind, save_map
@@ -118,7 +118,7 @@ def test_coarse_pose_is_kept_when_refinement_fails(room: dict) -> None:
 
 def test_intrinsics_scale_with_the_image_and_other_aspects_are_refused(room: dict) -> None:
     k = synth_intrinsics(SYNTH)
-    double = scale_intrinsics(k, 512, 384)
+    double = k.scaled(512, 384)
     assert double == synth_intrinsics(dataclasses.replace(SYNTH, width=512, height=384))  # the renderer's
     engine = room["engine"]
     r = room["tests"][10]
@@ -128,13 +128,13 @@ def test_intrinsics_scale_with_the_image_and_other_aspects_are_refused(room: dic
     assert engine.intrinsics_for(512, 384) == double
     with pytest.raises(ImageError) as err:
         engine.localize(cv2.resize(image, (300, 300)), "bgr8")
-    assert "not the aspect of the refinement intrinsics (256x192)" in str(err.value)
+    assert "refinement: image is 300x300, not the aspect of the intrinsics (256x192)" in str(err.value)
     assert "\n" not in str(err.value)
     # Intrinsics given for another size of the same camera: scaled down to the frames.
     given = (double.fx, double.fy, double.cx, double.cy, 512, 384)
     other = Engine(MODEL, dataclasses.replace(CPU, map_path=room["map_path"], intrinsics=given))
-    scaled = dataclasses.asdict(other.intrinsics_for(256, 192))
-    assert scaled == pytest.approx(dataclasses.asdict(k), abs=1e-9)
+    scaled = other.intrinsics_for(256, 192).to_dict()
+    assert scaled == pytest.approx(k.to_dict(), abs=1e-9)
     loc = other.localize(image, "bgr8")
     assert loc.refined and within(loc.pose, r.pose()), loc.refine_reason
 

@@ -23,6 +23,8 @@ from posenet_train.data import PositionNormalization
 from posenet_train.datasets import read_poses_csv
 from posenet_train.evaluate import evaluate, nearest_neighbour
 from posenet_train.export_model import export_checkpoint, load_checkpoint
+from posenet_train.scene_map import synth_intrinsics
+from posenet_train.synth import SynthConfig
 from posenet_train.train import CHECKPOINT_NAME, FitConfig, fit, lr_factor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,6 +130,8 @@ def test_export_runs_in_the_engine_with_the_full_contract(tiny_room: Path, tmp_p
     assert contract.preprocessing.input_height == 32 and contract.preprocessing.resize_shortest_side == 36
     assert contract.scene.name == tiny_room.name and max(contract.scene.extent) > 0.1
     assert contract.training["steps"] == 4 and contract.training["data"]["train_images"] == 24
+    # The training camera (the renderer's, from scene.json): what the node checks live cameras against.
+    assert contract.camera == synth_intrinsics(SynthConfig(width=64, height=48))
     engine = Engine(model_path, EngineConfig(device="cpu", warmup_iters=1))
     image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     loc = engine.localize(image, "rgb8")

@@ -108,9 +108,16 @@ OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 
 
 def diagnostic_level(
-    summary: dict[str, float | int], budget_ms: float, worker_error: str = "", last_drop_reason: str = ""
+    summary: dict[str, float | int],
+    budget_ms: float,
+    worker_error: str = "",
+    last_drop_reason: str = "",
+    camera_warning: str = "",
 ) -> tuple[int, str]:
     """Level and a short message from the recent publish rate against the input rate.
+
+    A ``camera_warning`` (the live camera's field of view differs from the training camera's and
+    cropping could not fix it) makes an otherwise good state a WARN: the poses are biased.
 
     A node that receives frames but has published nothing in the last window is an ERROR whatever
     it published before; publishing at less than half of what it could (the input rate, or what
@@ -134,4 +141,6 @@ def diagnostic_level(
         return WARN, f"publishing {summary['rate_hz']:.1f} Hz of {summary['input_rate_hz']:.1f} Hz input{why}"
     if budget_ms > 0 and summary["latency_p95_ms"] > budget_ms:
         return WARN, f"p95 latency {summary['latency_p95_ms']:.1f} ms over the {budget_ms:.1f} ms budget"
+    if camera_warning:
+        return WARN, camera_warning
     return OK, "localizing"

@@ -87,6 +87,22 @@ class FrameOutcome:
     position_std: float | None = None  # of ``covariance`` (m), what max_position_std gates on
 
 
+class RefineGate:
+    """Refinement at most ``rate_hz`` times per second of image time (the node's
+    ``refine_rate_hz``; 0: every frame). Time running backwards (a bag looping) restarts it."""
+
+    def __init__(self) -> None:
+        self.last_ns: int | None = None
+
+    def due(self, stamp_ns: int, rate_hz: float) -> bool:
+        if rate_hz <= 0 or self.last_ns is None or stamp_ns < self.last_ns:
+            return True
+        return stamp_ns - self.last_ns >= 1e9 / rate_hz
+
+    def ran(self, stamp_ns: int) -> None:
+        self.last_ns = stamp_ns
+
+
 def localize_frame(
     engine: Engine,
     settings: NodeSettings,
@@ -94,9 +110,11 @@ def localize_frame(
     frame: Frame,
     now_ns: int,
     stats: NodeStats,
+    refine_gate: RefineGate | None = None,
 ) -> FrameOutcome:
-    """Stale check, image conversion, inference and covariance for one frame, counted in ``stats``.
-    Nothing here raises for a bad frame: the outcome says why it produced no pose."""
+    """Stale check, image conversion, inference (refined against the map where ``refine_gate``
+    says it is due) and covariance for one frame, counted in ``stats``. Nothing here raises for a
+    bad frame: the outcome says why it produced no pose."""
     if is_stale(frame.stamp_ns, now_ns, settings.max_frame_age_ms):
         reason = f"frame older than max_frame_age_ms={settings.max_frame_age_ms}"
         stats.count(DROPPED_STALE, reason=reason)
@@ -104,7 +122,10 @@ def localize_frame(
     try:
         image, encoding = decode(frame.msg)
         crops = None if settings.latency_budget_ms > 0 else settings.crops
-        loc = engine.localize(image, encoding, crops=crops)
+        refine = refine_gate is None or refine_gate.due(frame.stamp_ns, settings.refine_rate_hz)
+        loc = engine.localize(image, encoding, crops=crops, refine=refine)
+        if loc.refine_attempted and refine_gate is not None:
+            refine_gate.ran(frame.stamp_ns)
     except (ImageDecodeError, ImageError) as exc:
         reason = f"rejected image: {exc}"
         stats.count(REJECTED, reason=reason)

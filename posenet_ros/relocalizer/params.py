@@ -44,9 +44,30 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "refine",
         "always",
-        "with map_path: always (every frame, against the map's camera) or off (map loaded, not used)",
+        "with map_path: always (every frame), budget (on frames where refinement's recent time fits "
+        "latency_budget_ms beside one crop) or off (map loaded, not used)",
         read_only=True,
-        choices=("always", "off"),
+        choices=("always", "budget", "off"),
+    ),
+    ParamSpec(
+        "refine_rate_hz",
+        0.0,
+        "refine at most this often (image time); frames between get PoseNet's pose; 0: every frame",
+        range=(0.0, 1000.0),
+    ),
+    ParamSpec(
+        "camera_info_topic",
+        "camera_info",
+        "sensor_msgs/CameraInfo of the camera: refinement's intrinsics (over the map's) and the field-of-view "
+        "check against the training camera; empty: not subscribed",
+        read_only=True,
+    ),
+    ParamSpec(
+        "fov_tolerance",
+        0.05,
+        "relative field-of-view difference to the training camera that is reported (and cropped where wider)",
+        read_only=True,
+        range=(0.0, 1.0),
     ),
     ParamSpec(
         "backend",
@@ -182,6 +203,7 @@ class NodeSettings:
             mc_samples=self.mc_samples,
             map_path=self.map_path or None,
             refine=self.refine,
+            fov_tolerance=self.fov_tolerance,
         )
         return replace(config, **overrides)
 

@@ -1,0 +1,221 @@
+"""Camera intrinsics: one class for every place that needs them (a data set's ``cameras.json``, the
+refinement map, the engine's query camera, the model contract's training camera, the node's
+``CameraInfo``). OpenCV's pixel convention: the top-left pixel's centre is (0, 0) (COLMAP's is
+(0.5, 0.5)); OpenCV's distortion (k1, k2, p1, p2[, k3], ROS's ``plumb_bob``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+DISTORTION_KEYS = ("k1", "k2", "p1", "p2", "k3")  # OpenCV's order (plumb_bob); k3 optional
+
+
+class CameraError(ValueError):
+    """Intrinsics that cannot describe a camera; the message names the field on one line."""
+
+
+@dataclass(frozen=True)
+class Camera:
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    distortion: tuple[float, ...] = ()  # () is none
+
+    def __post_init__(self) -> None:
+        # One spelling per distortion, so equal cameras compare (and hash) equal: () for none,
+        # four coefficients unless k3 is used.
+        d = (*(float(v) for v in self.distortion), 0.0, 0.0, 0.0, 0.0, 0.0)[:5]
+        object.__setattr__(self, "distortion", () if not any(d) else d[: 5 if d[4] else 4])
+
+    def matrix(self) -> np.ndarray:
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    @property
+    def hfov_deg(self) -> float:
+        """Horizontal field of view of the pixel grid's outer edges (pinhole)."""
+        return math.degrees(math.atan((self.cx + 0.5) / self.fx) + math.atan((self.width - 0.5 - self.cx) / self.fx))
+
+    @property
+    def vfov_deg(self) -> float:
+        return math.degrees(math.atan((self.cy + 0.5) / self.fy) + math.atan((self.height - 0.5 - self.cy) / self.fy))
+
+    def pinhole(self) -> Camera:
+        return Camera(self.width, self.height, self.fx, self.fy, self.cx, self.cy)
+
+    def check(self, where: str = "intrinsics", error: type[Exception] = CameraError) -> Camera:
+        values = (self.fx, self.fy, self.cx, self.cy, *self.distortion)
+        if self.width < 1 or self.height < 1 or not all(math.isfinite(v) for v in values):
+            raise error(f"{where}: size {self.width}x{self.height} or values {values} are not valid")
+        if self.fx <= 0 or self.fy <= 0:
+            raise error(f"{where}: focal lengths must be positive, got fx={self.fx} fy={self.fy}")
+        return self
+
+    def scaled(self, width: int, height: int) -> Camera:
+        """This camera for its images resized to ``width`` x ``height`` (same aspect within a pixel
+        of rounding, else CameraError). Pixel centres sit at integers: c' = (c + 0.5) s - 0.5."""
+        if (width, height) == (self.width, self.height):
+            return self
+        if abs(width * self.height - height * self.width) > max(self.width, self.height, width, height):
+            raise CameraError(
+                f"image is {width}x{height}, not the aspect of the intrinsics ({self.width}x{self.height})"
+            )
+        sx, sy = width / self.width, height / self.height
+        cx, cy = (self.cx + 0.5) * sx - 0.5, (self.cy + 0.5) * sy - 0.5
+        return Camera(width, height, self.fx * sx, self.fy * sy, cx, cy, self.distortion)
+
+    def cropped(self, x0: int, y0: int, width: int, height: int) -> Camera:
+        """The camera of the ``width`` x ``height`` window at (x0, y0) of its images."""
+        return Camera(width, height, self.fx, self.fy, self.cx - x0, self.cy - y0, self.distortion)
+
+    def distortion_shift_px(self) -> float:
+        """The largest shift the distortion makes at the four image corners, in pixels."""
+        k1, k2, p1, p2, k3 = (*self.distortion, 0.0, 0.0, 0.0, 0.0, 0.0)[:5]
+        u = np.array([0.0, self.width - 1.0, 0.0, self.width - 1.0])
+        v = np.array([0.0, 0.0, self.height - 1.0, self.height - 1.0])
+        x, y = (u - self.cx) / self.fx, (v - self.cy) / self.fy
+        r2 = x * x + y * y
+        radial = k1 * r2 + k2 * r2 * r2 + k3 * r2**3
+        dx = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+        dy = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+        return float(np.max(np.hypot(dx * self.fx, dy * self.fy)))
+
+    def to_dict(self) -> dict:
+        out: dict = {"width": self.width, "height": self.height, "fx": self.fx, "fy": self.fy, "cx": self.cx}
+        out["cy"] = self.cy
+        if self.distortion:
+            out["distortion"] = dict(zip(DISTORTION_KEYS, self.distortion, strict=False))
+        return out
+
+    @staticmethod
+    def from_dict(d: object, where: str, error: type[Exception] = CameraError) -> Camera:
+        """The inverse of ``to_dict``; anything else is one line of ``error`` naming the field."""
+        if not isinstance(d, dict):
+            raise error(f"{where}: a camera must be an object with width, height, fx, fy, cx, cy")
+        missing = [k for k in ("width", "height", "fx", "fy", "cx", "cy") if k not in d]
+        if missing:
+            raise error(f"{where}: camera lacks {', '.join(missing)}")
+        size = [d["width"], d["height"]]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+            raise error(f"{where}: width and height must be positive integers, got {size}")
+        values = finite_numbers([d[k] for k in ("fx", "fy", "cx", "cy")], f"{where}: fx, fy, cx, cy", error)
+        dist = d.get("distortion", {})
+        if not isinstance(dist, dict) or set(dist) - set(DISTORTION_KEYS):
+            raise error(f"{where}: distortion must be an object with keys among {', '.join(DISTORTION_KEYS)}")
+        coeffs = finite_numbers([dist.get(k, 0.0) for k in DISTORTION_KEYS], f"{where}: distortion", error)
+        return Camera(size[0], size[1], *values, distortion=tuple(coeffs)).check(where, error)
+
+
+def finite_numbers(values: list[object], where: str, error: type[Exception] = CameraError) -> list[float]:
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise error(f"{where} must be finite numbers, got {values}")
+    return [float(v) for v in values]
+
+
+def camera_from_info(width: int, height: int, k: object, d: object, model: str) -> Camera:
+    """A ``sensor_msgs/CameraInfo``'s camera (its fields, no ROS types); CameraError where it
+    cannot be used: no size or focal length (an uncalibrated camera), a model other than
+    ``plumb_bob``/``rational_polynomial`` with distortion."""
+    kk = np.asarray(k, dtype=np.float64).ravel()
+    dd = np.asarray(d, dtype=np.float64).ravel()
+    if width <= 0 or height <= 0 or kk.size != 9 or kk[0] <= 0 or kk[4] <= 0:
+        raise CameraError(f"CameraInfo is uncalibrated (size {width}x{height}, K {kk.tolist()})")
+    if np.any(dd[5:]) or (np.any(dd) and model not in ("plumb_bob", "rational_polynomial", "")):
+        raise CameraError(f"CameraInfo distortion model {model!r} with {dd.tolist()}: only plumb_bob's k1-k3 is read")
+    return Camera(int(width), int(height), float(kk[0]), float(kk[4]), float(kk[2]), float(kk[5]), tuple(dd[:5])).check(
+        "CameraInfo"
+    )
+
+
+def window_fov(camera: Camera, x0: float, y0: float, width: float, height: float) -> tuple[float, float]:
+    """Horizontal and vertical field of view (degrees) of the window whose outer pixel edges are
+    ``x0``..``x0 + width`` and ``y0``..``y0 + height`` (pixel edges: the image is 0..W)."""
+    u, v = camera.cx + 0.5, camera.cy + 0.5  # the principal point in pixel-edge coordinates
+    h = math.atan((u - x0) / camera.fx) + math.atan((x0 + width - u) / camera.fx)
+    w = math.atan((v - y0) / camera.fy) + math.atan((y0 + height - v) / camera.fy)
+    return math.degrees(h), math.degrees(w)
+
+
+def centre_crop_window(
+    width: int, height: int, shortest_side: int, crop_width: int, crop_height: int
+) -> tuple[float, float, float, float]:
+    """The part of a ``width`` x ``height`` image a network input covers when the image is resized
+    to ``shortest_side`` and centre-cropped to ``crop_width`` x ``crop_height`` (pixel edges)."""
+    scale = min(width, height) / shortest_side
+    w, h = crop_width * scale, crop_height * scale
+    return (width - w) / 2, (height - h) / 2, w, h
+
+
+def view_window(live: Camera, trained: Camera) -> tuple[int, int, int, int]:
+    """The window (x0, y0, width, height) of ``live``'s images that sees what ``trained``'s whole
+    image sees (pinhole: the edges' angles map linearly through the focal lengths), clamped to
+    ``live``'s image."""
+
+    def span(size: int, f: float, c: float, f_t: float, c_t: float, size_t: int) -> tuple[int, int]:
+        lo = max(0, round(c + 0.5 - f * (c_t + 0.5) / f_t))
+        hi = min(size, round(c + 0.5 + f * (size_t - 0.5 - c_t) / f_t))
+        return lo, max(hi - lo, 1)
+
+    x0, w = span(live.width, live.fx, live.cx, trained.fx, trained.cx, trained.width)
+    y0, h = span(live.height, live.fy, live.cy, trained.fy, trained.cy, trained.height)
+    return x0, y0, w, h
+
+
+@dataclass(frozen=True)
+class FovCheck:
+    """The live camera against the training camera, as the network sees them (its input window):
+    ``mismatch`` is the larger relative difference of the two axes' fields of view (after the crop,
+    where one is applied); ``window`` the crop of the live images that restores the training view
+    (None: none applied); ``warning``: a mismatch the crop did not fix, so poses are biased."""
+
+    live_fov: tuple[float, float]  # degrees, horizontal and vertical, of the network's input
+    trained_fov: tuple[float, float] | None  # None: the model does not record its camera
+    mismatch: float
+    window: tuple[int, int, int, int] | None
+    warning: bool
+    message: str
+
+
+def fov_check(
+    live: Camera, trained: Camera | None, shortest_side: int, crop_width: int, crop_height: int, tolerance: float
+) -> FovCheck:
+    """Compare ``live`` with ``trained`` through the network's preprocessing (resize to
+    ``shortest_side``, centre crop); where the live view is wider by more than ``tolerance``
+    (relative) on an axis, crop the live images to the training camera's view (``view_window``)."""
+
+    def seen(cam: Camera) -> tuple[float, float]:
+        return window_fov(cam, *centre_crop_window(cam.width, cam.height, shortest_side, crop_width, crop_height))
+
+    def fmt(fov: tuple[float, float]) -> str:
+        return f"{fov[0]:.1f}x{fov[1]:.1f} deg"
+
+    def differs(a: tuple[float, float], b: tuple[float, float]) -> float:
+        return max(abs(x / y - 1.0) for x, y in zip(a, b, strict=True))
+
+    ours = seen(live)
+    if trained is None:
+        return FovCheck(ours, None, 0.0, None, False, f"network sees {fmt(ours)}; the model records no training camera")
+    theirs = seen(trained)
+    mismatch = differs(ours, theirs)
+    if mismatch <= tolerance:
+        return FovCheck(ours, theirs, mismatch, None, False, f"network sees {fmt(ours)}, as in training")
+    if any(a > b * (1.0 + tolerance) for a, b in zip(ours, theirs, strict=True)):
+        window = view_window(live, trained)
+        after = seen(live.cropped(*window))
+        left = differs(after, theirs)
+        x0, y0, w, h = window
+        message = (
+            f"live view {fmt(ours)} is wider than training's {fmt(theirs)}: cropped to {w}x{h} at ({x0}, {y0}), "
+            f"network sees {fmt(after)}"
+        )
+        return FovCheck(after, theirs, left, window, left > tolerance, message)
+    message = (
+        f"live view {fmt(ours)} is narrower than training's {fmt(theirs)} by {mismatch:.0%}: poses are biased "
+        "(a known failure of learned regressors); use a camera with the training field of view"
+    )
+    return FovCheck(ours, theirs, mismatch, None, True, message)
