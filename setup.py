@@ -19,8 +19,8 @@ VERSION = re.search(r"<version>([^<]+)</version>", (HERE / "package.xml").read_t
 REPLAY_EXTRAS = ["rosbags", "matplotlib", "tqdm"]
 # The onnxruntime backend (onnx only for posenet-ros export-onnx).
 ONNX_EXTRAS = ["onnx", "onnxruntime"]
-# posenet_train: synthetic-scene textures, structure from motion, and everything replay needs.
-TRAIN_EXTRAS = ["scikit-image", "pycolmap", *REPLAY_EXTRAS]
+# posenet_train: synthetic-scene textures, structure from motion, image headers, and everything replay needs.
+TRAIN_EXTRAS = ["scikit-image", "pycolmap", "pillow", *REPLAY_EXTRAS]  # pillow: image sizes without decoding
 
 
 def share(folder: str) -> tuple[str, list[str]]:

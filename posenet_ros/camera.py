@@ -73,6 +73,24 @@ class Camera:
         """The camera of the ``width`` x ``height`` window at (x0, y0) of its images."""
         return Camera(width, height, self.fx, self.fy, self.cx - x0, self.cy - y0, self.distortion)
 
+    def undistort_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Where pixels (N, 2) of this camera's images would be in the distortion-free camera of the
+        same matrix (the ideal pinhole the map and PnP work in); unchanged without distortion."""
+        if not self.distortion or not len(pixels):
+            return pixels
+        import cv2
+
+        k = self.matrix()
+        points = np.asarray(pixels, dtype=np.float64).reshape(-1, 1, 2)
+        # Iterated to convergence: OpenCV's default 5 iterations leave pixels at strong lenses' corners.
+        criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-10)
+        dist = np.asarray(self.distortion)
+        if hasattr(cv2, "undistortPointsIter"):  # OpenCV 4 (ROS's python3-opencv)
+            out = cv2.undistortPointsIter(points, k, dist, None, k, criteria)
+        else:  # OpenCV 5 took the criteria into undistortPoints
+            out = cv2.undistortPoints(points, k, dist, None, None, k, criteria)
+        return out.reshape(-1, 2).astype(np.asarray(pixels).dtype)
+
     def distortion_shift_px(self) -> float:
         """The largest shift the distortion makes at the four image corners, in pixels."""
         k1, k2, p1, p2, k3 = (*self.distortion, 0.0, 0.0, 0.0, 0.0, 0.0)[:5]

@@ -495,9 +495,7 @@ def refine_pose(
     pixels = kq[m[:, 0]].astype(np.float64)
     points = scene_map.points[point_list[m[:, 1]]]
     kmat = intrinsics.matrix()
-    if intrinsics.distortion:  # PnP and its covariance below work on the ideal pinhole's pixels
-        dist = np.asarray(intrinsics.distortion, dtype=np.float64)
-        pixels = cv2.undistortPoints(pixels.reshape(-1, 1, 2), kmat, dist, P=kmat).reshape(-1, 2)
+    pixels = intrinsics.undistort_pixels(pixels)  # PnP and its covariance work in the ideal pinhole
     try:
         ok, rvec, tvec, inl = cv2.solvePnPRansac(
             points,

@@ -273,7 +273,7 @@ def _add_map(sub: argparse._SubParsersAction) -> None:
 
     d, f = MapConfig(), FeatureConfig()
     p = sub.add_parser("map", help="3D map of a data set's training images for refinement (SIFT, known poses)")
-    p.add_argument("data", help="canonical data set folder (poses.csv; intrinsics from scene.json)")
+    p.add_argument("data", help="canonical data set folder (poses.csv; intrinsics from cameras.json, else scene.json)")
     p.add_argument("--out", required=True, help="map file to write (.npz)")
     p.add_argument("--every", type=int, default=d.every, help="use every n-th training image")
     p.add_argument("--max-images", type=int, default=d.max_images, help="at most this many images (0: all)")
@@ -687,6 +687,7 @@ def _run_label_sfm(args: argparse.Namespace) -> None:
     elif args.scale is None:
         line += "; poses are in SfM units (no --scale or --align-to)"
     print(line)
+    print(result.intrinsics)
     print(f"wrote {Path(args.out) / 'poses.csv'}")
 
 

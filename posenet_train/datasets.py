@@ -208,26 +208,28 @@ class DatasetCameras:
         return next(iter(distinct)) if len(distinct) == 1 else None
 
     @staticmethod
-    def per_image(cameras: dict[str, Camera], source: str) -> DatasetCameras | None:
-        """From one camera per image path: one shared camera where they agree, else a camera per
-        distinct one, keyed by folder where all images directly in a folder share it."""
+    def per_image(cameras: dict[str, Camera], source: str, images: Iterable[str] = ()) -> DatasetCameras | None:
+        """From one camera per image path: one shared camera where they agree (and every one of
+        ``images``, the data set's, has one), else a camera per distinct one, keyed by folder where
+        all images directly in a folder share it (and none of ``images`` there lacks one)."""
         if not cameras:
             return None
         distinct = list(dict.fromkeys(cameras.values()))
-        if len(distinct) == 1:
+        without = [i for i in images if i not in cameras]
+        if len(distinct) == 1 and not without:
             return DatasetCameras({"camera": distinct[0]}, {}, source)
         names = {cam: f"camera{i + 1}" for i, cam in enumerate(distinct)}
-        by_folder: dict[str, set[Camera]] = {}
-        for image, cam in cameras.items():
+        by_folder: dict[str, set[Camera | None]] = {}
+        for image, cam in [*cameras.items(), *((i, None) for i in without)]:
             by_folder.setdefault(os.path.dirname(image), set()).add(cam)
-        images = {}
+        prefixes = {}
         for image, cam in cameras.items():
             folder = os.path.dirname(image)
             if len(by_folder[folder]) == 1 and folder:
-                images[folder + "/"] = names[cam]
+                prefixes[folder + "/"] = names[cam]
             else:
-                images[image] = names[cam]
-        return DatasetCameras({n: c for c, n in names.items()}, images, source)
+                prefixes[image] = names[cam]
+        return DatasetCameras({n: c for c, n in names.items()}, prefixes, source)
 
 
 def write_cameras_json(folder: str | Path, cameras: DatasetCameras) -> Path:
@@ -541,13 +543,22 @@ def read_colmap_cameras(path: Path) -> dict[str, Camera | str]:
         if model not in COLMAP_MODELS:
             cameras[fields[0]] = model
             continue
-        n, to_opencv = COLMAP_MODELS[model]
-        params = to_opencv(*checked_floats(fields[4:], n, f"{where} ({model} parameters)"))
-        fx, fy, cx, cy = (float(v) for v in params[:4])
-        if fx <= 0 or fy <= 0 or int(fields[2]) < 1 or int(fields[3]) < 1:
-            raise DatasetError(f"{where}: size and focal lengths must be positive")
-        cameras[fields[0]] = Camera(int(fields[2]), int(fields[3]), fx, fy, cx - 0.5, cy - 0.5, tuple(params[4:]))
+        params = checked_floats(fields[4:], COLMAP_MODELS[model][0], f"{where} ({model} parameters)")
+        cameras[fields[0]] = colmap_camera(model, int(fields[2]), int(fields[3]), params, where)
     return cameras
+
+
+def colmap_camera(model: str, width: int, height: int, params: list[float], where: str) -> Camera:
+    """A COLMAP camera (one of ``COLMAP_MODELS``, its parameters) in OpenCV's conventions: the
+    principal point moved by half a pixel, the distortion as OpenCV's coefficients."""
+    n, to_opencv = COLMAP_MODELS[model]
+    if len(params) != n:
+        raise DatasetError(f"{where}: {model} has {n} parameters, got {len(params)}")
+    values = to_opencv(*(float(v) for v in params))
+    fx, fy, cx, cy = values[:4]
+    if fx <= 0 or fy <= 0 or width < 1 or height < 1:
+        raise DatasetError(f"{where}: size and focal lengths must be positive")
+    return Camera(width, height, fx, fy, cx - 0.5, cy - 0.5, tuple(values[4:]))
 
 
 def colmap_cameras(src: Path, records: list[PoseRecord]) -> tuple[dict[str, Camera], str]:
@@ -574,9 +585,61 @@ def seven_scenes_cameras(src: Path, records: list[PoseRecord]) -> tuple[dict[str
     return {r.image: camera for r in records}, SEVEN_SCENES_CAMERA_SOURCE
 
 
+NVM_FILE = "reconstruction.nvm"
+
+
+def read_nvm_cameras(path: Path) -> dict[str, tuple[float, float]]:
+    """VisualSFM's NVM_V3 cameras: image path without its extension -> (focal length in pixels,
+    radial distortion). Cambridge's NVM names the original .jpg frames its dataset_*.txt list as .png."""
+    lines = read_text(path).splitlines()
+    if not lines or not lines[0].startswith("NVM_V3"):
+        raise DatasetError(f"{path}: not an NVM_V3 file")
+    rows = [(n, line) for n, line in enumerate(lines[1:], start=2) if line.strip()]
+    if not rows:
+        raise DatasetError(f"{path}: no camera count")
+    line_no, line = rows[0]
+    try:
+        count = int(line.split()[0])
+    except ValueError:
+        raise DatasetError(f"{path}:{line_no}: expected the camera count, got {line.strip()[:40]!r}") from None
+    if count > len(rows) - 1:
+        raise DatasetError(f"{path}: {count} cameras announced, {len(rows) - 1} lines follow")
+    cameras = {}
+    for line_no, line in rows[1 : count + 1]:
+        fields = line.split()
+        if len(fields) < 10:
+            raise DatasetError(f"{path}:{line_no}: expected 'image focal qw qx qy qz cx cy cz radial 0'")
+        focal, radial = checked_floats([fields[1], fields[9]], 2, f"{path}:{line_no}")
+        if focal <= 0:
+            raise DatasetError(f"{path}:{line_no}: focal length must be positive, got {focal}")
+        cameras[os.path.splitext(fields[0].replace("\\", "/"))[0]] = (focal, radial)
+    return cameras
+
+
 def cambridge_cameras(src: Path, records: list[PoseRecord]) -> tuple[dict[str, Camera], str]:
-    # The focal lengths are in reconstruction.nvm (one per image), which this converter does not read.
-    return {}, "dataset_train.txt / dataset_test.txt carry none (reconstruction.nvm's focal lengths are not read)"
+    """Per image from ``reconstruction.nvm``: its focal length, the principal point at the image
+    centre (NVM has none), and VisualSFM's radial term (undistorted = distorted * (1 + r |x_d|^2),
+    pixels) as OpenCV's k1 to first order (k1 = -r f^2). The size is the image file's."""
+    from PIL import Image
+
+    nvm = (src if src.is_dir() else src.parent) / NVM_FILE
+    if not nvm.is_file():
+        return {}, f"dataset_train.txt / dataset_test.txt carry none, and there is no {NVM_FILE}"
+    focals = read_nvm_cameras(nvm)
+    cameras: dict[str, Camera] = {}
+    for r in records:
+        known = focals.get(os.path.splitext(os.path.relpath(r.image, nvm.parent))[0].replace(os.sep, "/"))
+        if known is None:
+            continue
+        with Image.open(r.image) as im:
+            width, height = im.size
+        f, radial = known
+        cameras[r.image] = Camera(width, height, f, f, (width - 1) / 2, (height - 1) / 2, (-radial * f * f, 0, 0, 0))
+    if not cameras:
+        return {}, f"{NVM_FILE} names none of the images in dataset_train.txt / dataset_test.txt"
+    missing = len(records) - len(cameras)
+    note = f" ({missing} images it does not name have none)" if missing else ""
+    return cameras, f"Cambridge {NVM_FILE}: focal length per image, principal point at the centre{note}"
 
 
 READERS = {"7scenes": read_seven_scenes, "cambridge": read_cambridge, "colmap": read_colmap_images}
@@ -640,7 +703,8 @@ def convert_dataset(
     path = write_poses_csv(out / "poses.csv", rebased)
     per_image, source = CAMERA_READERS[fmt](src, records)
     kept = {os.path.relpath(r.image, out): per_image[r.image] for r in held.records if r.image in per_image}
-    note = write_dataset_cameras(out, DatasetCameras.per_image(kept, source), source)
+    cameras = DatasetCameras.per_image(kept, source, (os.path.relpath(r.image, out) for r in held.records))
+    note = write_dataset_cameras(out, cameras, source)
     return ConvertReport(path, split_counts(records), split_counts(held.records), held.dropped_gap, note)
 
 

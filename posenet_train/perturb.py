@@ -70,7 +70,7 @@ class Nuisance:
 
     def lens(self, camera: Camera):
         """This sequence's camera as ``posenet_train.datasets`` records it (cameras.json)."""
-        from posenet_train.datasets import Camera as LensCamera
+        from posenet_ros.camera import Camera as LensCamera
 
         k = camera.intrinsics()
         return LensCamera(camera.width, camera.height, k[0, 0], k[1, 1], k[0, 2], k[1, 2], (self.k1, self.k2, 0.0, 0.0))

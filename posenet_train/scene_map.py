@@ -93,17 +93,11 @@ def synth_intrinsics(cfg) -> Camera:
     return Camera(cam.width, cam.height, float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]))
 
 
-# Distortion this small (the largest shift it makes at the image's corners, in pixels) is left out of
-# the map's pinhole model: below the map's 2 px reprojection threshold by a margin.
-MAX_IGNORED_DISTORTION_PX = 1.0
-
-
 def dataset_intrinsics(folder: str | Path) -> Camera:
     """The pinhole camera of a data set folder (``datasets.dataset_camera``: its ``cameras.json``,
     written by ``posenet-train convert`` for 7-Scenes and COLMAP and ``from-bag`` from the
     recording's CameraInfo, else the synthetic renderer's ``scene.json``), else a one-line MapError.
-    The map is a pinhole model: a camera whose distortion shifts the image corners by more than
-    ``MAX_IGNORED_DISTORTION_PX`` is refused (undistort the images first)."""
+    A lens distortion comes with it: the map undistorts its keypoints, and queries theirs, with it."""
     folder = Path(folder)
     try:
         cameras = read_cameras_json(folder)
@@ -122,14 +116,7 @@ def dataset_intrinsics(folder: str | Path) -> Camera:
             f"posenet-train convert writes {CAMERAS_FILE} for 7-Scenes and COLMAP (cameras.txt), from-bag "
             "where the recording has the camera's CameraInfo, synth writes scene.json"
         )
-    shift = cam.distortion_shift_px() if cam.distortion else 0.0
-    if shift > MAX_IGNORED_DISTORTION_PX:
-        raise MapError(
-            f"{where}: the lens distortion moves the image corners by {shift:.1f} px and the map is a "
-            f"pinhole model (up to {MAX_IGNORED_DISTORTION_PX:g} px is ignored); undistort the images "
-            "first (for COLMAP: colmap image_undistorter, then convert its PINHOLE model)"
-        )
-    return cam.pinhole().check(where, MapError)
+    return cam.check(where, MapError)
 
 
 def dataset_scene_name(folder: str | Path) -> str:
@@ -354,7 +341,7 @@ def build_map(
                 f"{intr.width}x{intr.height}"
             )
         k, d = extract_features(img, cfg.features)
-        kps.append(k)
+        kps.append(intr.undistort_pixels(k))  # matching and triangulation work in the ideal pinhole
         descs.append(d)
     t_feat = time.perf_counter() - t0
     offsets = np.concatenate([[0], np.cumsum([len(k) for k in kps])]).astype(np.int64)

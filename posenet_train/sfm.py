@@ -18,10 +18,20 @@ import cv2
 import numpy as np
 
 from posenet_ros.bagio import header_stamp_ns, open_bag, pick_image_topic, read_messages
+from posenet_ros.camera import Camera
 from posenet_ros.geometry import Pose, matrix_to_quat, quat_multiply, quat_unit, umeyama_similarity
 from posenet_ros.image_codec import decode
 from posenet_train.bags import time_block_splits, to_bgr
-from posenet_train.datasets import DatasetError, PoseRecord, read_poses_csv, write_poses_csv
+from posenet_train.datasets import (
+    COLMAP_MODELS,
+    DatasetCameras,
+    DatasetError,
+    PoseRecord,
+    colmap_camera,
+    read_poses_csv,
+    write_dataset_cameras,
+    write_poses_csv,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MATCHERS = ("auto", "sequential", "exhaustive")
@@ -53,6 +63,7 @@ class SfmResult:
     images: int
     registered: int
     alignment_rms_m: float | None
+    intrinsics: str = ""  # what was written to cameras.json, or why nothing was
 
 
 def collect_images(cfg: SfmConfig) -> tuple[list[str], bool]:
@@ -92,8 +103,9 @@ def collect_images(cfg: SfmConfig) -> tuple[list[str], bool]:
     return names, True
 
 
-def run_colmap(cfg: SfmConfig, video: bool) -> dict[str, Pose]:
-    """Camera-to-world pose per image name from the largest reconstruction."""
+def run_colmap(cfg: SfmConfig, video: bool) -> tuple[dict[str, Pose], Camera | None, str]:
+    """Camera-to-world pose per image name from the largest reconstruction, and its camera (one:
+    ``CameraMode.SINGLE``) in OpenCV's conventions, or None and why (a model this cannot read)."""
     import pycolmap
 
     work = Path(cfg.out) / "sfm"
@@ -131,7 +143,13 @@ def run_colmap(cfg: SfmConfig, video: bool) -> dict[str, Pose]:
         cam_from_world = image.cam_from_world().matrix()  # 3x4 [R | t], x_cam = R x_world + t
         rot, t = cam_from_world[:, :3], cam_from_world[:, 3]
         poses[image.name] = Pose(-rot.T @ t, matrix_to_quat(rot.T))
-    return poses
+    cams = list(largest.cameras.values())
+    model = cams[0].model.name if len(cams) == 1 else ""
+    if model not in COLMAP_MODELS:
+        return poses, None, f"the reconstruction has {len(cams)} cameras of models {[c.model.name for c in cams]}"
+    cam = cams[0]
+    where = f"label-sfm: the reconstruction's {model} camera"
+    return poses, colmap_camera(model, cam.width, cam.height, list(cam.params), where), f"label-sfm ({where})"
 
 
 def align(poses: dict[str, Pose], scale: float | None, align_to: Path | None) -> tuple[dict[str, Pose], float | None]:
@@ -164,7 +182,8 @@ def label_sfm(cfg: SfmConfig) -> SfmResult:
     if cfg.every < 1:
         raise ValueError(f"--every must be >= 1, got {cfg.every}")
     names, video = collect_images(cfg)
-    poses, rms = align(run_colmap(cfg, video), cfg.scale, cfg.align_to)
+    reconstructed, camera, camera_source = run_colmap(cfg, video)
+    poses, rms = align(reconstructed, cfg.scale, cfg.align_to)
     ordered = [n for n in names if n in poses]
     if not ordered:
         raise SfmError("no image was registered")
@@ -177,4 +196,7 @@ def label_sfm(cfg: SfmConfig) -> SfmResult:
         write_poses_csv(Path(cfg.out) / "poses.csv", records)
     except DatasetError as exc:
         raise SfmError(str(exc)) from None
-    return SfmResult(records, len(names), len(ordered), rms)
+    # The intrinsics SfM estimated (refinement's map needs them; alignment changes no pixel).
+    cameras = DatasetCameras({"camera": camera}, {}, camera_source) if camera is not None else None
+    note = write_dataset_cameras(Path(cfg.out), cameras, camera_source)
+    return SfmResult(records, len(names), len(ordered), rms, note)

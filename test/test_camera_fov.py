@@ -145,3 +145,16 @@ def test_a_wider_live_camera_is_cropped_back_to_the_accuracy_of_the_training_cam
     median = {k: float(np.median(v)) for k, v in errors.items()}
     assert median["cropped"] < 1.5 * median["trained"] + 0.05, median
     assert median["uncropped"] > 2.0 * median["cropped"], median
+
+
+def test_undistort_pixels_inverts_opencvs_projection_to_the_pinhole_one() -> None:
+    import cv2
+
+    cam = Camera(640, 480, 500.0, 502.0, 321.0, 238.0, (-0.2, 0.05, 0.001, -0.0005, 0.01))
+    rng = np.random.default_rng(0)
+    points = np.column_stack([rng.uniform(-0.6, 0.6, (200, 2)), np.ones(200)])  # out to the corners
+    zero = np.zeros(3)
+    distorted = cv2.projectPoints(points, zero, zero, cam.matrix(), np.asarray(cam.distortion))[0].reshape(-1, 2)
+    ideal = cv2.projectPoints(points, zero, zero, cam.matrix(), None)[0].reshape(-1, 2)
+    assert np.abs(cam.undistort_pixels(distorted) - ideal).max() < 1e-6
+    assert cam.pinhole().undistort_pixels(distorted) is distorted

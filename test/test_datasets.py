@@ -232,6 +232,33 @@ def test_colmap_several_cameras_unsupported_models_and_errors(tmp_path: Path) ->
         convert(tmp_path / "src", "colmap", tmp_path / "out")
 
 
+def test_cambridge_intrinsics_come_from_the_nvm_reconstruction(tmp_path: Path) -> None:
+    """reconstruction.nvm (VisualSFM) names the original .jpg frames; dataset_*.txt lists them as .png.
+    Each image gets its focal length, the principal point at its centre and the radial term as k1."""
+    make_cambridge(tmp_path / "src", known_poses(9, seed=2))
+    rows = [f"seq1/frame{i:05d}.jpg {1670 + i} 1 0 0 0 0 0 0 {-2e-9 * i} 0" for i in range(1, 7)]
+    rows += [f"seq2/frame{i:05d}.jpg 1700 1 0 0 0 0 0 0 0 0" for i in (1, 2)]  # frame 3 of seq2 is not named
+    (tmp_path / "src" / "reconstruction.nvm").write_text("NVM_V3\n\n8\n" + "\n".join(rows) + "\n\n0\n")
+    report = convert_dataset(tmp_path / "src", "cambridge", tmp_path / "out")
+    cameras = read_cameras_json(tmp_path / "out")
+    assert (
+        cameras is not None
+        and "reconstruction.nvm" in report.intrinsics
+        and "1 images it does not name" in (cameras.source)
+    )
+    records = read_poses_csv(report.path)
+    first = cameras.camera_for(records[0].image)
+    assert first == Camera(8, 8, 1671.0, 1671.0, 3.5, 3.5, (2e-9 * 1671.0 * 1671.0, 0, 0, 0))
+    assert cameras.camera_for(records[-1].image) is None  # seq2/frame00003 has no NVM entry
+    (tmp_path / "src" / "reconstruction.nvm").write_text("NVM_V3\n\n2\nseq1/frame00001.jpg -5 1 0 0 0 0 0 0 0 0\n")
+    with pytest.raises(DatasetError, match="2 cameras announced"):
+        convert_dataset(tmp_path / "src", "cambridge", tmp_path / "out")
+    (tmp_path / "src" / "reconstruction.nvm").write_text("NVM_V3\n\n1\nseq1/frame00001.jpg -5 1 0 0 0 0 0 0 0 0\n")
+    with pytest.raises(DatasetError, match=r"reconstruction.nvm:4: focal length must be positive") as err:
+        convert_dataset(tmp_path / "src", "cambridge", tmp_path / "out")
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [

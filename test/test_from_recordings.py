@@ -138,6 +138,13 @@ def test_sfm_poses_aligned_to_ground_truth_agree_within_two_percent_and_two_degr
     extent = 10.0  # the synthetic room's largest dimension (m)
     assert np.median(pos) < 0.02 * extent and np.median(rot) < 2.0, (np.median(pos), np.median(rot))
     assert {r.split for r in labelled} == {"train", "test"}
+    # SfM's estimate of the camera goes to cameras.json (the map needs it): the renderer's 65-degree
+    # pinhole (fx 251.2 at 320x240) within a few percent, the principal point in OpenCV's convention.
+    from posenet_train.scene_map import dataset_intrinsics, synth_intrinsics
+
+    camera, exact = dataset_intrinsics(tmp_path / "sfm"), synth_intrinsics(cfg)
+    assert (camera.width, camera.height) == (320, 240) and "label-sfm" in result.intrinsics
+    assert camera.fx == pytest.approx(exact.fx, rel=0.05) and abs(camera.cx - exact.cx) < 0.01  # COLMAP fixes it
 
 
 def test_alignment_by_scale_and_refusal_without_shared_frames(tmp_path: Path) -> None:
