@@ -4,22 +4,23 @@
         [--map-poses reference|independent] [--json OUT]
 
 1. Reference: ``posenet-train label-sfm`` (``posenet_train.sfm.label_sfm``, exhaustive matching,
-   one camera) on every image of the folder. Its poses are the reference for every image, its
-   camera (COLMAP's model, read with the project's ``read_colmap_cameras``) the intrinsics.
+   one camera) on every image of the folder. Its poses are the reference for every image; the
+   camera it writes to ``cameras.json`` (SfM's estimate, OpenCV conventions, with its distortion)
+   the intrinsics.
 2. Folds: leave-one-out over the registered images (``--hold-out 0``, the default), or ``N`` queries
    evenly spread over them and one map from the rest.
-3. Per fold a canonical data set: the map images as ``train``, the queries as ``test``, the camera
-   in ``cameras.json``. The map is a pinhole model (``docs/refinement.md``), so images whose camera
-   distorts (SfM's SIMPLE_RADIAL usually does) are undistorted first with OpenCV, keeping the same
-   K. ``posenet_train.scene_map.build_map`` builds the map from the ``train`` images only: the query
-   is in no map.
+3. Per fold a canonical data set: the photographs as taken, the map images as ``train``, the
+   queries as ``test``, and label-sfm's ``cameras.json``. ``posenet_train.scene_map.build_map``
+   (what ``posenet-train map`` runs) builds the map from the ``train`` images only, so the query is
+   in no map; it undistorts the keypoints with the camera's distortion and keeps the distortion in
+   the map, and ``refine_pose`` undistorts the query's keypoints with it (no image is resampled).
    - ``--map-poses reference`` (default): the map images' poses are the reference SfM's, so map and
      reference share one frame exactly. Caveat: that SfM saw the query too (its bundle adjustment
      used the query's features), so map poses and the query's reference pose are not independent.
    - ``--map-poses independent``: ``label-sfm`` again on the map images alone, aligned to the
-     reference by ``--align-to`` (a similarity on the camera centres); its poses and its camera
-     build the map and undistort the query. The map then never saw the query; the reference pose
-     of the query still comes from the SfM of all images.
+     reference by ``--align-to`` (a similarity on the camera centres); its poses and its
+     ``cameras.json`` build the map and refine the query. The map then never saw the query; the
+     reference pose of the query still comes from the SfM of all images.
 4. Coarse poses (no PoseNet is trained on a dozen photographs): ``nearest``, the pose of the map
    image whose centre is nearest the query's reference centre among those viewing within 60 deg of
    it (``SceneMap.nearest_images``; what image retrieval would give at best), and ``perturbed``,
@@ -50,14 +51,7 @@ import numpy as np
 
 from posenet_ros.geometry import Pose, position_error, rotation_error_deg
 from posenet_ros.refine import FeatureConfig, RefineConfig, refine_pose
-from posenet_train.datasets import (
-    DatasetCameras,
-    PoseRecord,
-    read_cameras_json,
-    read_colmap_cameras,
-    write_cameras_json,
-    write_poses_csv,
-)
+from posenet_train.datasets import CAMERAS_FILE, PoseRecord, read_cameras_json, write_poses_csv
 from posenet_train.scene_map import MapConfig, build_map, perturbed
 from posenet_train.sfm import IMAGE_SUFFIXES, SfmConfig, label_sfm
 
@@ -84,8 +78,8 @@ class BenchConfig:
 
 
 def sfm(source: Path, out: Path, cfg: BenchConfig, align_to: Path | None = None):
-    """``label-sfm`` on a folder (exhaustive matching); returns {image name: PoseRecord} and the
-    camera (OpenCV convention, with distortion) of its largest reconstruction."""
+    """``label-sfm`` on a folder (exhaustive matching); returns {image name: PoseRecord}, the camera
+    it wrote to ``out/cameras.json`` and its result."""
     result = label_sfm(
         SfmConfig(
             source,
@@ -97,70 +91,27 @@ def sfm(source: Path, out: Path, cfg: BenchConfig, align_to: Path | None = None)
         )
     )
     records = {Path(r.image).name: r for r in result.records}
-    return records, sfm_camera(out), result
-
-
-def sfm_camera(out: Path):
-    """The data set's camera: ``cameras.json`` where label-sfm wrote one, else COLMAP's camera of the
-    largest reconstruction under ``out/sfm/models`` (label-sfm's choice), read as COLMAP text with
-    ``posenet_train.datasets.read_colmap_cameras`` (principal point moved to OpenCV's convention)."""
     cameras = read_cameras_json(out)
-    if cameras is not None:
-        cam = cameras.single()
-        if cam is None:
-            raise SystemExit(f"{out}: several cameras; this bench needs one")
-        return cam
-    import pycolmap
-
-    models = [pycolmap.Reconstruction(str(d)) for d in sorted((out / "sfm" / "models").iterdir()) if d.is_dir()]
-    largest = max(models, key=lambda r: r.num_reg_images())
-    if len(largest.cameras) != 1:
-        raise SystemExit(f"{out}: the reconstruction has {len(largest.cameras)} cameras; this bench needs one")
-    text = out / "sfm" / "text"
-    text.mkdir(parents=True, exist_ok=True)
-    largest.write_text(str(text))
-    (cam,) = read_colmap_cameras(text / "cameras.txt").values()
-    if isinstance(cam, str):
-        raise SystemExit(f"{out}: COLMAP camera model {cam} is not one the project reads")
-    return cam
-
-
-def distortion_shift_px(cam) -> float:
-    """Largest shift the camera's distortion makes at the four image corners (pixels)."""
-    if not cam.distortion:
-        return 0.0
-    k = np.array([[cam.fx, 0, cam.cx], [0, cam.fy, cam.cy], [0, 0, 1.0]])
-    corners = np.array([[0, 0], [cam.width - 1, 0], [0, cam.height - 1], [cam.width - 1, cam.height - 1]], np.float64)
-    ideal = cv2.undistortPoints(corners.reshape(-1, 1, 2), k, np.array(cam.distortion), P=k).reshape(-1, 2)
-    return float(np.max(np.linalg.norm(ideal - corners, axis=1)))
+    cam = cameras.single() if cameras is not None else None
+    if cam is None:
+        raise SystemExit(f"{out}: label-sfm wrote no single camera: {result.intrinsics}")
+    return records, cam, result
 
 
 # -- one fold: a data set, its map, the queries refined -----------------------------------------
 
 
-def write_fold(images: Path, out: Path, cam, map_records: list[PoseRecord], query_records: list[PoseRecord]):
-    """A canonical data set in ``out``: map images as train, queries as test, undistorted (same K)
-    where the camera distorts; returns the pinhole camera written to ``cameras.json``."""
+def write_fold(images: Path, out: Path, cameras: Path, map_records: list[PoseRecord], query_records: list[PoseRecord]):
+    """A canonical data set in ``out``: the images as taken, map images as train, queries as test,
+    and the ``cameras.json`` label-sfm wrote in the folder ``cameras``."""
     (out / "images").mkdir(parents=True, exist_ok=True)
-    k = np.array([[cam.fx, 0, cam.cx], [0, cam.fy, cam.cy], [0, 0, 1.0]])
     records = []
     for r, split in [(r, "train") for r in map_records] + [(r, "test") for r in query_records]:
         name = Path(r.image).name
-        target = out / "images" / name
-        if cam.distortion:
-            img = cv2.imread(str(images / name), cv2.IMREAD_COLOR)
-            cv2.imwrite(str(target), cv2.undistort(img, k, np.array(cam.distortion), None, k), *jpeg_quality(name))
-        else:
-            shutil.copy2(images / name, target)
+        shutil.copy2(images / name, out / "images" / name)
         records.append(PoseRecord(f"images/{name}", split, r.position, r.quaternion))
     write_poses_csv(out / "poses.csv", records)
-    pinhole = dataclasses.replace(cam, distortion=())
-    write_cameras_json(out, DatasetCameras({"camera": pinhole}, {}, "bench_real_photos: label-sfm, undistorted"))
-    return pinhole
-
-
-def jpeg_quality(name: str) -> tuple:
-    return ([cv2.IMWRITE_JPEG_QUALITY, 95],) if name.lower().endswith((".jpg", ".jpeg")) else ()
+    shutil.copy2(cameras / CAMERAS_FILE, out / CAMERAS_FILE)
 
 
 def coarse_pose(mode: str, ref: Pose, scene_map, spread: float, cfg: BenchConfig, rng) -> Pose:
@@ -199,7 +150,7 @@ def run_bench(folder: str | Path, work: str | Path, cfg: BenchConfig, log=print)
     names = sorted(ref)
     centres = np.array([ref[n].position for n in names])
     spread, radius = spread_of(centres)
-    shift = distortion_shift_px(ref_cam)
+    shift = ref_cam.distortion_shift_px()
     log(
         f"reference: label-sfm registered {len(ref)} of {n_images} images; camera {ref_cam.width}x{ref_cam.height} "
         f"fx={ref_cam.fx:.1f} fy={ref_cam.fy:.1f} cx={ref_cam.cx:.1f} cy={ref_cam.cy:.1f} "
@@ -214,7 +165,7 @@ def run_bench(folder: str | Path, work: str | Path, cfg: BenchConfig, log=print)
     for fold_i, queries in enumerate(folds(names, cfg.hold_out)):
         fold = work / "folds" / (Path(queries[0]).stem if len(queries) == 1 else f"fold{fold_i}")
         map_names = [n for n in names if n not in queries]
-        map_records, cam = [ref[n] for n in map_names], ref_cam
+        map_records, cam, sfm_out = [ref[n] for n in map_names], ref_cam, work / "reference"
         info: dict = {"queries": queries, "map_images": len(map_names)}
         if cfg.map_poses == "independent":
             only = fold / "map_only_photos"
@@ -222,29 +173,38 @@ def run_bench(folder: str | Path, work: str | Path, cfg: BenchConfig, log=print)
             for n in map_names:
                 shutil.copy2(folder / n, only / n)
             write_poses_csv(work / "reference.csv", [ref[n] for n in names])
-            own, cam, result = sfm(only, fold / "map_sfm", cfg, align_to=work / "reference.csv")
+            sfm_out = fold / "map_sfm"
+            own, cam, result = sfm(only, sfm_out, cfg, align_to=work / "reference.csv")
             map_records = [own[n] for n in map_names if n in own]
             info.update(map_sfm_registered=len(own), alignment_rms_frac=result.alignment_rms_m / spread)
             log(
                 f"{fold.name}: map-only label-sfm registered {len(own)} of {len(map_names)}, aligned to the "
-                f"reference with RMS {100 * result.alignment_rms_m / spread:.2f}% of the spread, fx={cam.fx:.1f}"
+                f"reference with RMS {100 * result.alignment_rms_m / spread:.2f}% of the spread, fx={cam.fx:.1f}, "
+                f"distortion {tuple(round(v, 4) for v in cam.distortion)}"
             )
         data = fold / "data"
-        write_fold(work / "reference" / "images", data, cam, map_records, [ref[n] for n in queries])
+        write_fold(folder, data, sfm_out, map_records, [ref[n] for n in queries])
         scene_map = build_map(data, data / "map.npz", map_cfg, scene="real_photos")
         b = scene_map.build
-        info.update(points=b["points"], mean_reprojection_px=b["mean_reprojection_px"])
+        map_cam = scene_map.intrinsics  # cameras.json's, distortion included
+        info.update(
+            map_images=b["images"],  # what the map was built from
+            points=b["points"],
+            mean_reprojection_px=b["mean_reprojection_px"],
+            map_distortion=list(map_cam.distortion),
+        )
         maps.append(info)
         log(
             f"{fold.name}: map of {b['images']} images (query not in it), {b['points']} points, "
-            f"mean reprojection {b['mean_reprojection_px']:.2f} px"
+            f"mean reprojection {b['mean_reprojection_px']:.2f} px, map camera fx={map_cam.fx:.1f} "
+            f"distortion {tuple(round(v, 4) for v in map_cam.distortion)}"
         )
         for q in queries:
             rgb = cv2.cvtColor(cv2.imread(str(data / "images" / q), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
             truth = ref[q].pose()
             for mode in COARSE_MODES:
                 coarse = coarse_pose(mode, truth, scene_map, spread, cfg, rng)
-                res = refine_pose(rgb, scene_map.intrinsics, coarse, scene_map, refine_cfg)
+                res = refine_pose(rgb, map_cam, coarse, scene_map, refine_cfg)
                 pose = res.pose if res.refined else res.pnp_pose
                 row = {
                     "query": q,

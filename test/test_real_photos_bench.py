@@ -1,8 +1,9 @@
 """``benchmarks/bench_real_photos.py`` end to end on rendered frames instead of photographs, so the
-script cannot rot: label-sfm of the folder, queries held out of the map, refined from both coarse
-poses, errors as a share of the camera spread (issue 17). The figures on real photographs are in
-docs/refinement.md; here the bound is looser (2%) since the SfM reference of 30 small rendered
-frames is itself that coarse and varies a little from run to run."""
+script cannot rot: label-sfm of the folder (its cameras.json), queries held out of the map, the map
+built with that camera's distortion, refined from both coarse poses, errors as a share of the camera
+spread (issue 17). The figures on real photographs are in docs/refinement.md; here the bound is
+looser (2%) since the SfM reference of 30 small rendered frames is itself that coarse and varies a
+little from run to run."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def test_held_out_rendered_frames_are_refined_against_a_map_without_them(tmp_pat
     assert out["registered"] >= 27 and len(out["maps"]) == 1 and out["maps"][0]["map_images"] == out["registered"] - 3
     queries = set(out["maps"][0]["queries"])
     assert len(queries) == 3 and {r["query"] for r in out["rows"]} == queries
+    # The map keeps label-sfm's camera, distortion included (SIMPLE_RADIAL's k1): no pinhole stand-in.
+    assert out["camera"]["distortion"] and out["maps"][0]["map_distortion"] == list(out["camera"]["distortion"])
     assert {r["coarse"] for r in out["rows"]} == set(bench.COARSE_MODES) and len(out["rows"]) == 6
     perturbed = [r for r in out["rows"] if r["coarse"] == "perturbed"]
     assert all(r["refined"] and r["pos_frac"] < 0.02 and r["rot_deg"] < 1.0 for r in perturbed), lines
