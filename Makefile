@@ -91,7 +91,7 @@ demo-model: setup
 	$(VENV)/bin/posenet-train synth --out $(DEMO)/room --train-sequences 16 --test-sequences 2 --frames 200 \
 	    --width 256 --height 192 --heading-spread 50
 	$(VENV)/bin/posenet-train fit $(DEMO)/room --out $(DEMO)/run --input-size 112 --resize-shortest-side 128 \
-	    --final-fc-dim 1024 --steps 2200 --batch-size 32 --lr 1e-3 --learn-weighting --eval-every 250 \
+	    --final-fc-dim 1024 --steps 2200 --batch-size 32 --lr 1e-3 --learn-weighting --pretrained none --eval-every 250 \
 	    --eval-images 96 --checkpoint-every 250 --scene-name synthetic_room --export $(DEMO)/posenet_demo.pt
 	$(VENV)/bin/posenet-train eval $(DEMO)/posenet_demo.pt $(DEMO)/room --out $(DEMO)/eval
 
@@ -113,7 +113,7 @@ uncertainty-experiment: setup
 	$(VENV)/bin/posenet-train synth --out $(UNC)/ood --seed 9 --train-sequences 0 --test-sequences 1 --frames 400 \
 	    --width 256 --height 192 --heading-spread 0
 	$(VENV)/bin/posenet-train fit $(UNC)/room --out $(UNC)/run --input-size 112 --resize-shortest-side 128 \
-	    --final-fc-dim 1024 --steps 1400 --batch-size 32 --lr 1e-3 --learn-weighting --eval-every 200 \
+	    --final-fc-dim 1024 --steps 1400 --batch-size 32 --lr 1e-3 --learn-weighting --pretrained none --eval-every 200 \
 	    --eval-images 96 --checkpoint-every 200 --scene-name synthetic_room --no-progress \
 	    --export $(UNC)/model.pt --mc-dropout
 	$(VENV)/bin/posenet-train calibrate $(UNC)/model.pt $(UNC)/room --out $(UNC)/model_calibrated.pt

@@ -22,6 +22,7 @@ ARGUMENTS = (
     ("use_sim_time", "false", "use /clock (ros2 bag play --clock)"),
     ("namespace", "", "namespace for the node, its topics and /tf, /tf_static"),
     ("device", "auto", "auto, cpu, cuda or cuda:N"),
+    ("precision", "auto", "fp32, fp16/bf16 (CUDA; bf16 on CPUs that run it natively) or auto"),
     ("tf_mode", "map_to_camera", "map_to_camera, map_to_base, map_to_odom or none"),
     ("pose_frame", "auto", "whose pose the pose topics carry: camera, base or auto (base with a base or odom tf_mode)"),
     ("log_level", "info", "node log level"),
@@ -43,6 +44,7 @@ def generate_launch_description():
         "compressed": ParameterValue(cfg["compressed"], value_type=bool),
         "use_sim_time": ParameterValue(cfg["use_sim_time"], value_type=bool),
         "device": cfg["device"],
+        "precision": cfg["precision"],
         "tf_mode": cfg["tf_mode"],
         "pose_frame": cfg["pose_frame"],
     }

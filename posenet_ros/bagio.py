@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from posenet_ros.camera import Camera, camera_from_info
 from posenet_ros.errors import first_line
 from posenet_ros.geometry import Pose, wxyz_to_xyzw
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 TF_TOPICS = ("/tf", "/tf_static")
 STORAGES = ("sqlite3", "mcap")
 # rosbag2 metadata version each distro writes: Humble 5 (QoS as a YAML string of integers),
@@ -227,6 +229,33 @@ def storage_of(path: str | Path) -> str:
     return "mcap" if bare and bare[0].suffix == ".mcap" else "sqlite3"
 
 
+def camera_info_topic_for(image_topic: str, msgtype: str) -> str:
+    """Where a camera driver publishes the CameraInfo of ``image_topic``: beside it in the same
+    namespace (image_transport's convention; ``/cam/image_raw`` and ``/cam/image_raw/compressed``
+    -> ``/cam/camera_info``)."""
+    if msgtype.endswith("CompressedImage") and image_topic.endswith("/compressed"):
+        image_topic = image_topic[: -len("/compressed")]
+    namespace = image_topic.rsplit("/", 1)[0]
+    return f"{namespace}/camera_info"
+
+
+def read_camera_info(reader: Any, topic: str) -> tuple[Camera | None, str]:
+    """The camera of the first decodable CameraInfo on ``topic`` (a camera's calibration does not
+    change mid-recording; a later different one is reported), or None and why not."""
+    if topic not in {c.topic for c in reader.connections if c.msgtype == CAMERA_INFO_TYPE}:
+        return None, f"no {CAMERA_INFO_TYPE} on {topic}"
+    first: tuple[Camera | None, str] | None = None
+    for m in read_messages(reader, [topic]):
+        if m.msg is None:
+            continue
+        got = camera_from_info(m.msg)
+        if first is None:
+            first = got
+        elif got[0] != first[0]:
+            return first[0], f"the CameraInfo on {topic} changes during the recording; the first is used"
+    return first if first is not None else (None, f"no decodable CameraInfo on {topic}")
+
+
 # -- writing --------------------------------------------------------------------------------------
 
 
@@ -359,6 +388,27 @@ class BagWriter:
             is_bigendian=raw.is_bigendian,
             step=raw.step,
             data=np.frombuffer(raw.data, np.uint8),
+        )
+
+    def camera_info(self, stamp_ns: int, frame_id: str, camera: Camera) -> Any:
+        """sensor_msgs/CameraInfo of ``camera`` (plumb_bob; P = K, no rectification)."""
+        k = camera.matrix()
+        d = (*camera.distortion, 0.0, 0.0, 0.0, 0.0, 0.0)[:5]
+        p = np.hstack([k, np.zeros((3, 1))])
+        roi = self.msg("sensor_msgs/msg/RegionOfInterest", x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+        return self.msg(
+            CAMERA_INFO_TYPE,
+            header=self.header(stamp_ns, frame_id),
+            height=camera.height,
+            width=camera.width,
+            distortion_model="plumb_bob",
+            d=np.asarray(d, np.float64),
+            k=k.ravel(),
+            r=np.eye(3).ravel(),
+            p=p.ravel(),
+            binning_x=0,
+            binning_y=0,
+            roi=roi,
         )
 
     def compressed_image(self, stamp_ns: int, frame_id: str, fmt: str, data: bytes) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -135,19 +136,30 @@ def finite_numbers(values: list[object], where: str, error: type[Exception] = Ca
     return [float(v) for v in values]
 
 
-def camera_from_info(width: int, height: int, k: object, d: object, model: str) -> Camera:
-    """A ``sensor_msgs/CameraInfo``'s camera (its fields, no ROS types); CameraError where it
-    cannot be used: no size or focal length (an uncalibrated camera), a model other than
-    ``plumb_bob``/``rational_polynomial`` with distortion."""
-    kk = np.asarray(k, dtype=np.float64).ravel()
-    dd = np.asarray(d, dtype=np.float64).ravel()
-    if width <= 0 or height <= 0 or kk.size != 9 or kk[0] <= 0 or kk[4] <= 0:
-        raise CameraError(f"CameraInfo is uncalibrated (size {width}x{height}, K {kk.tolist()})")
-    if np.any(dd[5:]) or (np.any(dd) and model not in ("plumb_bob", "rational_polynomial", "")):
-        raise CameraError(f"CameraInfo distortion model {model!r} with {dd.tolist()}: only plumb_bob's k1-k3 is read")
-    return Camera(int(width), int(height), float(kk[0]), float(kk[4]), float(kk[2]), float(kk[5]), tuple(dd[:5])).check(
-        "CameraInfo"
-    )
+def _info_field(msg: Any, name: str) -> Any:
+    """A CameraInfo field as ROS 2 names it (``k``, ``d``) or ROS 1 does (``K``, ``D``)."""
+    return getattr(msg, name) if hasattr(msg, name) else getattr(msg, name.upper())
+
+
+def camera_from_info(msg: Any) -> tuple[Camera | None, str]:
+    """The camera of a ``sensor_msgs/CameraInfo`` (any object with its fields: rclpy's, a bag's
+    deserialized one, ROS 1's), or None and why not: an uncalibrated camera (K all zero), binning or
+    a region of interest, or distortion other than OpenCV's plumb_bob (k1, k2, p1, p2, k3;
+    rational_polynomial with its extra terms zero)."""
+    k = np.asarray(_info_field(msg, "k"), dtype=np.float64).ravel()
+    d = np.asarray(_info_field(msg, "d"), dtype=np.float64).ravel()
+    width, height = int(msg.width), int(msg.height)
+    if k.shape != (9,) or not np.all(np.isfinite(k)) or k[0] <= 0 or k[4] <= 0 or width < 1 or height < 1:
+        return None, f"the camera is not calibrated (K {k.tolist()}, {width}x{height})"
+    roi = (int(msg.roi.width), int(msg.roi.height))
+    if int(msg.binning_x) > 1 or int(msg.binning_y) > 1 or (all(roi) and roi != (width, height)):
+        return None, "binning or a region of interest is set (not read)"
+    model = str(msg.distortion_model)
+    if d.size and np.any(d) and (model not in ("plumb_bob", "rational_polynomial") or np.any(d[5:])):
+        return None, f"distortion model {model!r} with {d.size} coefficients (read: plumb_bob's k1, k2, p1, p2, k3)"
+    if not np.all(np.isfinite(d)):
+        return None, f"distortion coefficients are not finite: {d.tolist()}"
+    return Camera(width, height, float(k[0]), float(k[4]), float(k[2]), float(k[5]), tuple(d[:5].tolist())), ""
 
 
 def window_fov(camera: Camera, x0: float, y0: float, width: float, height: float) -> tuple[float, float]:

@@ -7,8 +7,9 @@ poses the node publishes are received, matched to their images by stamp and scor
 recording's ground truth with the same summary and report as ``replay``. Latency here is what a
 robot sees: from publishing the image to receiving its pose.
 
-Only ``/tf_static`` is played besides the camera: in the recordings ``posenet-train to-bag`` writes,
-``/tf`` is the ground truth, which the node would otherwise see as a second parent of the camera.
+Only ``/tf_static`` and the camera's ``camera_info`` (beside the image topic) are played besides the
+images: in the recordings ``posenet-train to-bag`` writes, ``/tf`` is the ground truth, which the node
+would otherwise see as a second parent of the camera.
 
 This module and ``node.py`` are the only ones that import ROS 2.
 """
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from posenet_ros.bagio import COMPRESSED_TYPE, header_stamp_ns, open_bag, pick_image_topic
+from posenet_ros.bagio import COMPRESSED_TYPE, camera_info_topic_for, header_stamp_ns, open_bag, pick_image_topic
 from posenet_ros.engine import ONNX_SUFFIX, load_model, load_onnx_session, position_std
 from posenet_ros.errors import first_line
 from posenet_ros.groundtruth import GroundTruth, GroundTruthSource, pose_of_message
@@ -173,7 +174,7 @@ def _image_topics(reader: Any, cfg: LiveConfig) -> tuple[str, str, bool]:
 class _Player:
     """An rclpy node that publishes the recording and receives the node's outputs."""
 
-    def __init__(self, msg_class: Any, publish_topic: str, namespace: str) -> None:
+    def __init__(self, msg_class: Any, publish_topic: str, namespace: str, info_topic: str) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -181,6 +182,7 @@ class _Player:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from rosgraph_msgs.msg import Clock
+        from sensor_msgs.msg import CameraInfo
         from tf2_msgs.msg import TFMessage
 
         self.context = Context()
@@ -190,6 +192,8 @@ class _Player:
         # Reliable is matched by best-effort and reliable subscribers alike.
         self.image_pub = self.node.create_publisher(msg_class, publish_topic, reliable)
         self.clock_pub = self.node.create_publisher(Clock, "/clock", QoSProfile(depth=1))
+        self.info_topic = info_topic
+        self.info_pub = self.node.create_publisher(CameraInfo, info_topic, reliable)
         latched = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         tf_static = "/tf_static" if not namespace.strip("/") else f"/{namespace.strip('/')}/tf_static"
         self.tf_static_pub = self.node.create_publisher(TFMessage, tf_static, latched)
@@ -270,7 +274,7 @@ class _BagClock:
 
 def _play(cfg: LiveConfig, reader: Any, topic: str, player: _Player, clock: _BagClock) -> list[LiveFrame]:
     """Publish the recording at its recorded rate (times ``rate``); the frames as published."""
-    conns = [c for c in reader.connections if c.topic in (topic, "/tf_static")]
+    conns = [c for c in reader.connections if c.topic in (topic, "/tf_static", player.info_topic)]
     first = next(reader.messages(connections=conns), None)
     if first is None:
         raise LiveError(f"no message on {topic} in {cfg.bag}")
@@ -281,6 +285,9 @@ def _play(cfg: LiveConfig, reader: Any, topic: str, player: _Player, clock: _Bag
             clock.wait_until(log_time)
             if conn.topic == "/tf_static":
                 player.tf_static_pub.publish(bytes(raw))
+                continue
+            if conn.topic == player.info_topic:
+                player.info_pub.publish(bytes(raw))
                 continue
             try:
                 stamp = header_stamp_ns(reader.deserialize(raw, conn.msgtype))
@@ -349,7 +356,9 @@ def live(cfg: LiveConfig) -> LiveResult:
     with open_bag(cfg.bag) as reader:
         topic, publish_topic, compressed = _image_topics(reader, cfg)
         truth = GroundTruth(reader, cfg.ground_truth) if cfg.ground_truth else None
-        player = _Player(_message_class(compressed), publish_topic, cfg.namespace)
+        msgtype = next(c.msgtype for c in reader.connections if c.topic == topic)
+        info_topic = camera_info_topic_for(topic, msgtype)  # where the launch file's node listens too
+        player = _Player(_message_class(compressed), publish_topic, cfg.namespace, info_topic)
         launched: _Launched | None = None
         status: int | None = None
         try:

@@ -28,7 +28,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 from tf2_ros import Buffer, TransformBroadcaster, TransformException, TransformListener
 
-from posenet_ros.camera import Camera, CameraError, camera_from_info
+from posenet_ros.camera import Camera, camera_from_info
 from posenet_ros.engine import Engine, EngineError
 from posenet_ros.errors import first_line
 from posenet_ros.geometry import Pose
@@ -196,14 +196,11 @@ class RelocalizerNode(Node):
         self.slot.put(Frame(msg, stamp_to_ns(msg.header.stamp), msg.header.frame_id))
 
     def _on_camera_info(self, msg: Any) -> None:
-        try:
-            if msg.binning_x > 1 or msg.binning_y > 1 or msg.roi.width or msg.roi.height:
-                raise CameraError("CameraInfo with binning or a region of interest is not supported")
-            camera = camera_from_info(msg.width, msg.height, msg.k, msg.d, msg.distortion_model)
-        except CameraError as exc:
-            if str(exc) != self._camera_info_problem:
-                self.get_logger().warning(f"ignoring CameraInfo: {exc}")
-            self._camera_info_problem = str(exc)
+        camera, why = camera_from_info(msg)
+        if camera is None:
+            if why != self._camera_info_problem:  # once per new reason, not at the camera's rate
+                self.get_logger().warning(f"ignoring CameraInfo: {why}")
+            self._camera_info_problem = why
             return
         self._camera_info, self._camera_info_problem = camera, ""
 

@@ -21,23 +21,26 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from posenet_ros.bagio import (
+    BagError,
     BagMessage,
     BagWriter,
     TopicQos,
+    camera_info_topic_for,
     open_bag,
     pick_image_topic,
+    read_camera_info,
     read_messages,
     storage_of,
     warn_stderr,
 )
-from posenet_ros.engine import Engine
+from posenet_ros.engine import Engine, intrinsics_of
 from posenet_ros.errors import first_line
 from posenet_ros.geometry import Pose, position_error, rotation_error_deg
 from posenet_ros.groundtruth import GroundTruth, GroundTruthSource
@@ -154,11 +157,31 @@ class _Run:
         elif cfg.intrinsics is not None:
             raise ReplayError("--intrinsics are refinement's camera and need --map")
         self.engine = Engine(cfg.model, self.settings.engine_config(**overrides))
+        self.camera = self._camera_info(reader)
         self.stats = NodeStats(window=1 << 30)
         self.refine_gate = RefineGate()  # -p refine_rate_hz:=... as in the node
         self.records: list[FrameRecord] = []
         self.skipped_records: dict[int, FrameRecord] = {}  # realtime: read, replaced before inference
         self.writer = self._open_writer() if cfg.out_bag else None
+
+    def _camera_info(self, reader: Any) -> dict[str, str]:
+        """The recording's camera, given to the engine as the node's CameraInfo subscription does
+        (refinement's intrinsics and the field-of-view check): --intrinsics where given, else the
+        CameraInfo beside the image topic, else none (refinement then uses the map's camera)."""
+        msgtype = next(c.msgtype for c in reader.connections if c.topic == self.topic)
+        topic = camera_info_topic_for(self.topic, msgtype)
+        if self.cfg.intrinsics is not None:
+            camera, source = intrinsics_of(self.cfg.intrinsics, "--intrinsics"), "--intrinsics"
+        else:
+            try:
+                camera, why = read_camera_info(reader, topic)
+            except BagError as exc:  # damage in the recording: the frames still replay
+                camera, why = None, str(exc)
+            if camera is None:
+                return {"source": f"none ({why})"}
+            source = f"CameraInfo on {topic}" + (f" ({why})" if why else "")
+        fov = self.engine.set_camera(camera)
+        return {"source": source, "field_of_view": fov.message}
 
     def _open_writer(self) -> BagWriter:
         writer = BagWriter(self.cfg.out_bag, storage_of(self.cfg.bag), self.cfg.ros_distro)
@@ -351,6 +374,7 @@ def summarize(run: _Run, skipped: int, wall_s: float) -> dict[str, Any]:
             if cfg.map_path is not None
             else " (engine: preprocessing and network, per frame)"
         ),
+        "camera": run.camera,
         "crops_used": {str(k): v for k, v in sorted(Counter(r.crops for r in done).items())},
         "wall_time_s": wall_s,
         "throughput_fps": stats.received / wall_s if wall_s > 0 else None,
@@ -375,8 +399,8 @@ def refinement_summary(run: _Run, published: list[FrameRecord]) -> dict[str, Any
         "map": str(cfg.map_path),
         "map_images": len(engine.scene_map.image_names),
         "map_points": len(engine.scene_map.points),
-        "intrinsics": asdict(engine.intrinsics),
-        "intrinsics_source": "--intrinsics" if cfg.intrinsics is not None else "the map's camera",
+        "intrinsics": (engine.live_camera or engine.intrinsics).to_dict(),
+        "intrinsics_source": run.camera["source"] if engine.live_camera is not None else "the map's camera",
         "attempts": len(tried),
         "refined": len(refined),
         "rate": len(refined) / len(tried) if tried else None,
@@ -456,6 +480,10 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
             f"latency{summary['latency_measured']}: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, "
             f"max {lat['max']:.1f} ms{crops}{fps}"
         )
+    camera = summary.get("camera")
+    if camera is not None:
+        fov = f"; {camera['field_of_view']}" if "field_of_view" in camera else ""
+        lines.append(f"camera: {camera['source']}{fov}")
     gt = summary.get("ground_truth")
     if gt is not None:
         lines.append(f"ground truth: {gt['source']}, {gt['frames_with_ground_truth']} frames matched")

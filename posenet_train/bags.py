@@ -19,17 +19,28 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from posenet_ros.bagio import BagError, BagWriter, TopicQos, header_stamp_ns, open_bag, pick_image_topic, read_messages
+from posenet_ros.bagio import (
+    CAMERA_INFO_TYPE,
+    BagError,
+    BagWriter,
+    TopicQos,
+    camera_info_topic_for,
+    header_stamp_ns,
+    open_bag,
+    pick_image_topic,
+    read_camera_info,
+    read_messages,
+)
 from posenet_ros.geometry import Pose, matrix_to_quat, position_error, rotation_error_deg
 from posenet_ros.groundtruth import GroundTruth, GroundTruthSource
 from posenet_ros.image_codec import decode, encode_compressed, encode_image
 from posenet_train.datasets import (
     VAL_FRACTION,
     VAL_GAP_FRAMES,
-    Camera,
     DatasetCameras,
     DatasetError,
     PoseRecord,
+    dataset_camera,
     hold_out_val,
     read_poses_csv,
     split_records,
@@ -84,6 +95,12 @@ def dataset_to_bag(cfg: ToBagConfig) -> int:
         w.add_topic("/tf", "tf2_msgs/msg/TFMessage", TopicQos(depth=100))
         w.add_topic("/tf_static", "tf2_msgs/msg/TFMessage", TopicQos(transient_local=True, depth=1))
         w.add_topic(cfg.gt_topic, "geometry_msgs/msg/PoseStamped")
+        # The camera's calibration beside its images, as a driver publishes it (refinement and the
+        # node's field-of-view check read it); a data set without intrinsics records none.
+        camera_info = dataset_camera(root)
+        info_topic = camera_info_topic_for(cfg.image_topic, "")  # image_topic before /compressed
+        if camera_info is not None:
+            w.add_topic(info_topic, CAMERA_INFO_TYPE, TopicQos(reliable=False, depth=5))
         w.write("/tf_static", cfg.start_ns, w.tf_message(cfg.start_ns, cfg.base_frame, cfg.camera_frame, CAMERA_MOUNT))
         for rec, stamp in zip(records, stamps, strict=True):
             bgr = cv2.imread(str(root / rec.image), cv2.IMREAD_COLOR)
@@ -97,6 +114,8 @@ def dataset_to_bag(cfg: ToBagConfig) -> int:
                 msg = w.compressed_image(stamp, cfg.camera_frame, "bgr8; jpeg compressed bgr8", encode_compressed(bgr))
             else:
                 msg = w.image(stamp, cfg.camera_frame, encode_image(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), "rgb8"))
+            if camera_info is not None:
+                w.write(info_topic, stamp, w.camera_info(stamp, cfg.camera_frame, camera_info))
             w.write(image_topic, stamp, msg)
     return len(records)
 
@@ -151,61 +170,6 @@ class FromBagStats:
     def line(self) -> str:
         counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in vars(self).items() if k != "intrinsics")
         return f"{counts}; {self.intrinsics}" if self.intrinsics else counts
-
-
-CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-
-
-def camera_info_topic_for(image_topic: str, msgtype: str) -> str:
-    """Where a camera driver publishes the CameraInfo of ``image_topic``: beside it in the same
-    namespace (image_transport's convention; ``/cam/image_raw`` and ``/cam/image_raw/compressed``
-    -> ``/cam/camera_info``)."""
-    if msgtype.endswith("CompressedImage") and image_topic.endswith("/compressed"):
-        image_topic = image_topic[: -len("/compressed")]
-    namespace = image_topic.rsplit("/", 1)[0]
-    return f"{namespace}/camera_info"
-
-
-def _field(msg, name: str):
-    """A CameraInfo field as ROS 2 names it (``k``, ``d``) or ROS 1 does (``K``, ``D``)."""
-    return getattr(msg, name) if hasattr(msg, name) else getattr(msg, name.upper())
-
-
-def camera_from_info(msg) -> tuple[Camera | None, str]:
-    """The camera of a sensor_msgs/CameraInfo (K, D, width, height), or None and why not: an
-    uncalibrated camera (K all zero), binning or a region of interest, or distortion other than
-    OpenCV's plumb_bob (k1, k2, p1, p2, k3; rational_polynomial with its extra terms zero)."""
-    k = np.asarray(_field(msg, "k"), dtype=np.float64).ravel()
-    d = np.asarray(_field(msg, "d"), dtype=np.float64).ravel()
-    width, height = int(msg.width), int(msg.height)
-    if k.shape != (9,) or not np.all(np.isfinite(k)) or k[0] <= 0 or k[4] <= 0 or width < 1 or height < 1:
-        return None, f"the camera is not calibrated (K {k.tolist()}, {width}x{height})"
-    roi = (int(msg.roi.width), int(msg.roi.height))
-    if int(msg.binning_x) > 1 or int(msg.binning_y) > 1 or (all(roi) and roi != (width, height)):
-        return None, "binning or a region of interest is set (not read)"
-    model = str(msg.distortion_model)
-    if d.size and np.any(d) and (model not in ("plumb_bob", "rational_polynomial") or np.any(d[5:])):
-        return None, f"distortion model {model!r} with {d.size} coefficients (read: plumb_bob's k1, k2, p1, p2, k3)"
-    if not np.all(np.isfinite(d)):
-        return None, f"distortion coefficients are not finite: {d.tolist()}"
-    return Camera(width, height, float(k[0]), float(k[4]), float(k[2]), float(k[5]), tuple(d[:5].tolist())), ""
-
-
-def read_camera_info(reader, topic: str) -> tuple[Camera | None, str]:
-    """The camera of the first decodable CameraInfo on ``topic`` (a camera's calibration does not
-    change mid-recording; a later different one is reported), or None and why not."""
-    if topic not in {c.topic for c in reader.connections if c.msgtype == CAMERA_INFO_TYPE}:
-        return None, f"no {CAMERA_INFO_TYPE} on {topic}"
-    first: tuple[Camera | None, str] | None = None
-    for m in read_messages(reader, [topic]):
-        if m.msg is None:
-            continue
-        got = camera_from_info(m.msg)
-        if first is None:
-            first = got
-        elif got[0] != first[0]:
-            return first[0], f"the CameraInfo on {topic} changes during the recording; the first is used"
-    return first if first is not None else (None, f"no decodable CameraInfo on {topic}")
 
 
 def sharpness(image: np.ndarray) -> float:

@@ -173,6 +173,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="data set whose train split the nearest-neighbour baseline searches (default: DATASET's own; "
         "for a test-only set such as synth --preset's OUT/test-perturbed, give OUT/train)",
     )
+    p.add_argument(
+        "--map",
+        default="",
+        help="also refine each pose against this map (posenet-train map) and report both (docs/refinement.md)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--uncertainty", action="store_true", help="also check the predicted covariance (coverage, NEES)")
     _add_uncertainty_options(p)

@@ -22,6 +22,7 @@ from posenet_ros.contract import Contract
 from posenet_ros.engine import ModelLoadError, load_model
 from posenet_ros.geometry import position_error, quat_unit, rotation_error_deg
 from posenet_ros.preprocess import CpuPreprocessor
+from posenet_ros.refine import SceneMap, check_map_scene, load_map, reason_kind, refine_pose
 from posenet_ros.report import (
     THRESHOLDS,
     SceneBox,
@@ -127,15 +128,21 @@ def evaluate(
     baseline: bool = True,
     batch_size: int = 32,
     baseline_data: str | Path | None = None,
+    map_path: str | Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Summary dict and the arrays the plots need. The nearest-neighbour baseline searches the train
-    split of ``baseline_data`` (a test-only data set's training set), else of ``dataset``."""
+    split of ``baseline_data`` (a test-only data set's training set), else of ``dataset``. With
+    ``map_path`` each PoseNet pose is also refined against the map (``refined``, beside it)."""
     root = Path(dataset)
     records = read_poses_csv(root)
     train_root = Path(baseline_data) if baseline_data else root
     train_records = read_poses_csv(train_root) if baseline_data else records
     query = sorted(split_records(records, split), key=lambda r: r.image)  # sequences in frame order
     predictor = Predictor(model_path)
+    scene_map = None
+    if map_path is not None:  # before the images are run: a bad map is one line, at once
+        scene_map = load_map(map_path)
+        check_map_scene(scene_map, predictor.contract.scene.name, str(map_path))
     notes = []
     if baseline and not predictor.has_features:
         notes.append("nearest-neighbour baseline skipped: the model has no feature output")
@@ -169,6 +176,11 @@ def evaluate(
         "posenet_pos_err": ours.position_m,
         "posenet_rot_err": ours.rotation_deg,
     }
+    if scene_map is not None:
+        refined, result = refine_predictions(scene_map, str(map_path), root, query, pred)
+        summary["refined"] = result
+        errs = Errors.of(refined, query)
+        arrays |= {"refined": refined[:, :3], "refined_pos_err": errs.position_m, "refined_rot_err": errs.rotation_deg}
     if baseline:
         train = split_records(train_records, "train")
         _, train_feats = predictor.run(train_root, train, batch_size, True, "features train")
@@ -184,13 +196,53 @@ def evaluate(
     return summary, arrays
 
 
+def refine_predictions(
+    scene_map: SceneMap, map_name: str, root: Path, query: list[PoseRecord], pred: np.ndarray
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Each prediction refined against the map as the engine does it (``refine_pose``), with the
+    query images' camera from the data set (else the map's): the poses (refined where accepted,
+    PoseNet's otherwise) and the summary: errors, rate, inliers, latency, why the rest were not."""
+    import time
+    from collections import Counter
+
+    from posenet_ros.geometry import Pose
+    from posenet_train.datasets import dataset_camera, read_cameras_json
+
+    cameras, shared = read_cameras_json(root), dataset_camera(root)  # shared: None for several cameras
+    out, ms, inliers, reasons = pred.copy(), [], [], Counter()
+    for i, r in enumerate(query):
+        own = cameras.camera_for(r.image) if cameras is not None else None
+        camera = own or shared or scene_map.intrinsics
+        image = cv2.cvtColor(cv2.imread(str(root / r.image), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        t0 = time.perf_counter()
+        result = refine_pose(image, camera, Pose(pred[i, :3], pred[i, 3:]), scene_map)
+        ms.append((time.perf_counter() - t0) * 1000.0)
+        if result.refined:
+            out[i] = [*result.pose.position, *result.pose.quaternion]
+            inliers.append(result.inliers)
+        else:
+            reasons[reason_kind(result.reason)] += 1
+    summary = {
+        "map": map_name,
+        **Errors.of(out, query).summary(),
+        "refined_frames": len(inliers),
+        "rate": len(inliers) / len(query) if query else None,
+        "inliers_median": float(np.median(inliers)) if inliers else None,
+        "latency_ms": {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95))} if ms else {},
+        "not_refined": dict(reasons.most_common()),
+    }
+    return out, summary
+
+
 def plot(arrays: dict[str, np.ndarray], out: Path, title: str) -> list[Path]:
     series = {
         label: (arrays[f"{name}_pos_err"], arrays[f"{name}_rot_err"])
-        for name, label in (("posenet", "PoseNet"), ("nn", "nearest neighbour"))
+        for name, label in (("posenet", "PoseNet"), ("refined", "PoseNet + map"), ("nn", "nearest neighbour"))
         if f"{name}_pos_err" in arrays
     }
     estimates = {"PoseNet": arrays["posenet"]}
+    if "refined" in arrays:
+        estimates["PoseNet + map"] = arrays["refined"]
     if "nearest_neighbour" in arrays:
         estimates["nearest neighbour"] = arrays["nearest_neighbour"]
     segments = label_segments(list(arrays["sequence"]))
@@ -202,6 +254,8 @@ def plot(arrays: dict[str, np.ndarray], out: Path, title: str) -> list[Path]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     rows = [("PoseNet", summary["posenet"])]
+    if "refined" in summary:
+        rows.append(("PoseNet + map", summary["refined"]))
     if "nearest_neighbour" in summary:
         rows.append(("nearest neighbour", summary["nearest_neighbour"]))
     head = f"{'':<18} {'median m':>9} {'mean m':>8} {'median deg':>10} {'mean deg':>9}" + "".join(
@@ -216,6 +270,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         line += f" {s['median_rotation_deg']:>10.2f} {s['mean_rotation_deg']:>9.2f}"
         line += "".join(f" {s[f'within_{m}m_{d:g}deg']:>12.1%}" for m, d in THRESHOLDS)
         lines.append(line)
+    ref = summary.get("refined")
+    if ref is not None:
+        lat = ref["latency_ms"]
+        lines.append(
+            f"refinement ({ref['map']}): {ref['refined_frames']} of {ref['frames']} frames refined, median "
+            f"{ref['inliers_median'] or 0:.0f} inliers, {lat.get('p50', 0):.0f} ms p50 / {lat.get('p95', 0):.0f} ms p95"
+            + (f"; not refined: {ref['not_refined']}" if ref["not_refined"] else "")
+        )
     lines += summary.get("notes", [])
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     return "\n".join(lines)
@@ -233,6 +295,7 @@ def main_eval(args: argparse.Namespace) -> None:
         not args.no_baseline,
         args.batch_size,
         getattr(args, "baseline_data", "") or None,
+        getattr(args, "map", "") or None,
     )
     out = Path(args.out) if args.out else default_out(args.model, args.split)
     out.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,8 @@ FIT_OPTION_HELP = {
     "learn_weighting": "learn the position/rotation weighting (Kendall 2017) instead of a fixed beta",
     "color_jitter": "brightness/contrast/saturation jitter in [0, 1) (0: none)",
     "seed": "seed of initialization, batch order and augmentation (a run is reproducible)",
-    "pretrained": "backbone weights: 'imagenet' (downloads torchvision's GoogLeNet) or a .pth state dict",
+    "pretrained": "backbone weights: auto (torchvision's ImageNet GoogLeNet where the torch hub cache has it, else "
+    "none, said loudly), imagenet (downloads it), none, or a .pth state dict",
     "checkpoint_every": "steps between checkpoints (OUT/checkpoint.pt; Ctrl-C also saves one)",
     "eval_every": "steps between validation on the val images, test where there are none (0: never)",
     "eval_images": "val (or test) images used for each validation",
@@ -110,7 +111,7 @@ class FitConfig:
     learn_weighting: bool = False
     color_jitter: float = 0.0
     seed: int = 0
-    pretrained: str = ""  # "", "imagenet" or a path to torchvision GoogLeNet weights
+    pretrained: str = "auto"  # "auto", "imagenet", "" or "none", or a path to torchvision GoogLeNet weights
     checkpoint_every: int = 500
     eval_every: int = 250
     eval_images: int = 64
@@ -282,7 +283,24 @@ def lr_factor(cfg: FitConfig, step: int) -> float:
     return warm
 
 
-PRETRAINED_KINDS = "'imagenet' (torchvision's GoogLeNet weights, downloaded) or a GoogLeNet .pth state dict"
+PRETRAINED_KINDS = (
+    "'auto' (ImageNet weights where cached), 'imagenet' (torchvision's GoogLeNet weights, downloaded), 'none', "
+    "or a GoogLeNet .pth state dict"
+)
+
+
+def imagenet_cache_path() -> Path:
+    """Where torch.hub keeps the ImageNet weights once downloaded (``--pretrained imagenet``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_URL).name
+
+
+def resolve_pretrained(spec: str) -> str:
+    """``auto``: the cached ImageNet weights where they are (the paper shows transfer from ImageNet
+    is essential), else none; ``none``: none. Nothing is downloaded unless asked (``imagenet``)."""
+    if spec == "auto":
+        cached = imagenet_cache_path()
+        return str(cached) if cached.is_file() else ""
+    return "" if spec == "none" else spec
 
 
 def check_pretrained(spec: str) -> None:
@@ -290,7 +308,7 @@ def check_pretrained(spec: str) -> None:
     any image is decoded: a typo of the keyword, a missing file, an exported model, a checkpoint."""
     from posenet_ros.model_files import torch_file_kind
 
-    if spec in ("", "imagenet"):
+    if spec in ("", "imagenet", "auto", "none"):
         return
     path = Path(spec)
     if not path.exists():
@@ -439,11 +457,14 @@ def fit(cfg: FitConfig, resume: bool = False, step_callback: Callable[[int], Non
     # fails in a second, not after minutes of loading (the seed makes the order irrelevant).
     torch.manual_seed(cfg.seed + info.rank)
     model = PoseNet(cfg.model_config())
-    pretrained = load_pretrained(model, cfg.pretrained) if ckpt is None else ckpt["pretrained"]
-    if ckpt is None and not cfg.pretrained and info.main:
+    weights = resolve_pretrained(cfg.pretrained)
+    pretrained = load_pretrained(model, weights) if ckpt is None else ckpt["pretrained"]
+    if ckpt is None and not weights and info.main:
+        why = f"no ImageNet weights at {imagenet_cache_path()}" if cfg.pretrained == "auto" else "--pretrained none"
         print(
-            "posenet-train fit: WARNING: training from random initialization; PoseNet needs a pretrained "
-            "backbone to reach the paper's accuracy (Kendall et al. 2015): pass --pretrained imagenet",
+            f"posenet-train fit: WARNING: training from random initialization ({why}); PoseNet needs a "
+            "pretrained backbone to reach the paper's accuracy (Kendall et al. 2015): pass --pretrained "
+            "imagenet (downloads torchvision's GoogLeNet) or a .pth file",
             file=sys.stderr,
         )
     show = cfg.progress and info.main

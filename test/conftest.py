@@ -169,5 +169,6 @@ def tiny_fit_config(data: Path, out: Path, **kw: object) -> FitConfig:
         batch_size=4,
         progress=False,
         threads=1,
+        pretrained="none",  # hermetic: not the machine's torch hub cache
     )
     return replace(base, **kw)  # type: ignore[arg-type]

@@ -247,7 +247,7 @@ def test_from_bag_takes_the_intrinsics_from_the_camera_info_topic(recording: tup
     camera = Camera(96, 72, 80.0, 81.0, 47.25, 35.75, (0.01, -0.002, 0.0005, 0.0))
     assert read_cameras_json(tmp_path / "out").single() == camera
     assert "/cam/color/camera_info" in stats.line() and "cameras.json" in stats.line()
-    assert dataset_intrinsics(tmp_path / "out") == Camera(96, 72, 80.0, 81.0, 47.25, 35.75)  # slight distortion
+    assert dataset_intrinsics(tmp_path / "out") == camera  # with its distortion: the map undistorts with it
     # Compressed images: the camera_info beside the image topic, not beside .../compressed.
     write_bag_with_camera_info(data, tmp_path / "cbag", camera_info(96, 72, []), compressed=True)
     bag_to_dataset(FromBagConfig(tmp_path / "cbag", tmp_path / "cout", truth), progress=False)
@@ -275,3 +275,19 @@ def test_from_bag_without_usable_camera_info_writes_no_intrinsics(
     )
     assert read_cameras_json(tmp_path / "out") is None and stats.kept == FRAMES  # poses as ever
     assert why in stats.intrinsics and "refinement (posenet-train map) will need" in stats.intrinsics
+
+
+def test_to_bag_records_the_camera_info_that_from_bag_reads_back(recording: tuple[Path, Path], tmp_path: Path) -> None:
+    """to-bag writes the data set's camera as sensor_msgs/CameraInfo beside the images, at every
+    frame, as a driver does; from-bag turns it back into the same cameras.json."""
+    from posenet_ros.bagio import open_bag
+    from posenet_train.datasets import read_cameras_json
+    from posenet_train.scene_map import synth_intrinsics
+
+    _, bag = recording
+    with open_bag(bag) as reader:
+        infos = [c for c in reader.connections if c.topic == "/camera/camera_info"]
+        assert len(infos) == 1 and infos[0].msgtype == "sensor_msgs/msg/CameraInfo" and infos[0].msgcount == FRAMES
+    bag_to_dataset(FromBagConfig(bag, tmp_path / "out", GroundTruthSource("/ground_truth/camera_pose")), False)
+    cameras = read_cameras_json(tmp_path / "out")
+    assert cameras is not None and cameras.single() == synth_intrinsics(SynthConfig(width=96, height=72))

@@ -23,6 +23,7 @@ REQUIRED_ARGS = {
     "use_sim_time",
     "namespace",
     "device",
+    "precision",
     "tf_mode",
     "pose_frame",
     "log_level",

@@ -66,6 +66,8 @@ def test_live_scores_the_launched_node_as_the_offline_replay_does(
         "tf_mode:=map_to_base",
         "--launch-arg",
         "device:=cpu",
+        "--launch-arg",
+        "precision:=fp32",  # the same precision as the offline replay below, whatever auto would pick
         "--gt-frames",
         "map",
         "base_link",
@@ -93,7 +95,8 @@ def test_live_scores_the_launched_node_as_the_offline_replay_does(
 
     # The same frames offline: the camera's pose, which the launched node (map_to_base) composes with
     # the recording's mount into the base's pose through its tf2 buffer.
-    offline = replay(ReplayConfig(bag=bag, model=MODEL, device="cpu", progress=False)).records
+    fp32 = {"precision": "fp32"}
+    offline = replay(ReplayConfig(bag=bag, model=MODEL, device="cpu", progress=False, node_parameters=fp32)).records
     mount_inv = camera_to_base(bag).inverse()
     expected = {r.stamp_ns: r.pose.compose(mount_inv) for r in offline if r.status == PUBLISHED}
     live_rows = [r for r in rows if r["status"] == PUBLISHED]

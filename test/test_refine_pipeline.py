@@ -184,7 +184,12 @@ def test_replay_with_a_map_reports_refinement_and_coarse_beside_refined(replays:
     assert ref["refined"] >= 0.8 * frames and ref["rate"] == pytest.approx(ref["refined"] / frames)
     assert ref["inliers_median"] >= 20 and 0 < ref["latency_ms"]["p50"] <= ref["latency_ms"]["p95"]
     assert sum(ref["not_refined"].values()) == frames - ref["refined"]
-    assert ref["intrinsics_source"] == "the map's camera" and ref["intrinsics"]["width"] == 256
+    # to-bag records the camera's CameraInfo beside the images; replay hands it to the engine as the node does.
+    assert ref["intrinsics_source"] == "CameraInfo on /camera/camera_info" and ref["intrinsics"]["width"] == 256
+    assert (
+        s["camera"]["source"] == ref["intrinsics_source"]
+        and "records no training camera" in (s["camera"]["field_of_view"])
+    )
     coarse, refined = ref["errors"]["coarse"], ref["errors"]["refined"]
     assert refined == s["errors"]  # the published poses are the refined ones
     assert refined["median_position_m"] < 0.03 and refined["median_rotation_deg"] < 0.5
@@ -246,3 +251,25 @@ def test_reasons_are_counted_by_kind() -> None:
     )
     assert reason_kind("too few 2D-3D matches (3, need 20)") == "too few 2D-3D matches"
     assert reason_kind("PnP RANSAC found no pose") == "PnP RANSAC found no pose"
+
+
+def test_eval_with_a_map_reports_posenet_and_refined_side_by_side(room: dict, tmp_path: Path, capsys) -> None:
+    """posenet-train eval --map: the same frames, PoseNet's errors and the refined ones (within the
+    refinement targets), the refinement rate and latency; the engine's refinement, not another."""
+    from posenet_train.cli import main as train_main
+
+    out = tmp_path / "eval"
+    code = train_main(
+        ["eval", str(MODEL), str(room["data"]), "--map", str(room["map_path"]), "--out", str(out), "--no-baseline"]
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    coarse, refined = summary["posenet"], summary["refined"]
+    assert refined["frames"] == coarse["frames"] == len(room["tests"])
+    assert refined["median_position_m"] < 0.03 and refined["median_rotation_deg"] < 0.5
+    assert coarse["median_position_m"] > 3 * refined["median_position_m"]
+    assert refined["refined_frames"] >= 0.8 * len(room["tests"]) and refined["latency_ms"]["p50"] > 0
+    printed = capsys.readouterr().out
+    assert "PoseNet + map" in printed and "frames refined" in printed
+    code = train_main(["eval", str(MODEL), str(room["data"]), "--map", str(tmp_path / "none.npz"), "--no-baseline"])
+    assert code == 2 and len([ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]) == 1

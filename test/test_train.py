@@ -218,6 +218,34 @@ def test_fit_starts_from_pretrained_backbone_weights(tiny_room: Path, tmp_path: 
     )
 
 
+def test_imagenet_weights_are_the_default_where_cached_and_their_absence_is_loud(
+    tiny_room: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """--pretrained auto (the default): torch.hub's cached GoogLeNet weights where they are (nothing
+    is downloaded); without them, random initialization with a warning that says what to do."""
+    from test_model import torchvision_googlenet_state_dict
+
+    from posenet_train.train import FitConfig, imagenet_cache_path
+
+    assert FitConfig(data="d", out="o").pretrained == "auto"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    result = fit(tiny_config(tiny_room, tmp_path / "scratch", steps=1, pretrained="auto"))
+    assert load_checkpoint(result.checkpoint)["pretrained"] == "none (random init)"
+    err = capsys.readouterr().err
+    assert "WARNING: training from random initialization (no ImageNet weights at" in err
+    assert "--pretrained imagenet" in err
+    cached = imagenet_cache_path()
+    assert cached.is_relative_to(tmp_path)
+    cached.parent.mkdir(parents=True)
+    state = torchvision_googlenet_state_dict(seed=5)
+    torch.save(state, cached)
+    result = fit(tiny_config(tiny_room, tmp_path / "imagenet", steps=1, lr=1e-12, pretrained="auto"))
+    ckpt = load_checkpoint(result.checkpoint)
+    assert str(cached) in ckpt["pretrained"] and "backbone tensors" in ckpt["pretrained"]
+    assert torch.allclose(ckpt["model"]["conv1.conv.weight"], state["conv1.conv.weight"], atol=1e-6)
+    assert "random initialization" not in capsys.readouterr().err
+
+
 def test_training_watches_the_val_split_and_leaves_test_unseen(tiny_room: Path, tmp_path: Path, capsys) -> None:
     """The figures watched during training (which a user tunes by) come from val; a data set without
     val rows falls back to test with a one-line note."""

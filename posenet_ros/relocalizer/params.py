@@ -79,7 +79,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "auto", f"inference device: {DEVICES_HELP}", read_only=True),
     ParamSpec(
         "precision",
-        "fp32",
+        "auto",
         "fp32; fp16/bf16 on CUDA, bf16 on CPUs with native bf16 (AMX, AVX512-BF16); auto: the fastest native "
         "precision whose poses agree with fp32 on the warm-up frames",
         read_only=True,
