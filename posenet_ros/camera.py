@@ -39,12 +39,12 @@ class Camera:
 
     @property
     def hfov_deg(self) -> float:
-        """Horizontal field of view of the pixel grid's outer edges (pinhole)."""
-        return math.degrees(math.atan((self.cx + 0.5) / self.fx) + math.atan((self.width - 0.5 - self.cx) / self.fx))
+        """Horizontal field of view of the whole image (pinhole; ``window_fov``)."""
+        return window_fov(self, 0, 0, self.width, self.height)[0]
 
     @property
     def vfov_deg(self) -> float:
-        return math.degrees(math.atan((self.cy + 0.5) / self.fy) + math.atan((self.height - 0.5 - self.cy) / self.fy))
+        return window_fov(self, 0, 0, self.width, self.height)[1]
 
     def pinhole(self) -> Camera:
         return Camera(self.width, self.height, self.fx, self.fy, self.cx, self.cy)
@@ -166,9 +166,9 @@ def window_fov(camera: Camera, x0: float, y0: float, width: float, height: float
     """Horizontal and vertical field of view (degrees) of the window whose outer pixel edges are
     ``x0``..``x0 + width`` and ``y0``..``y0 + height`` (pixel edges: the image is 0..W)."""
     u, v = camera.cx + 0.5, camera.cy + 0.5  # the principal point in pixel-edge coordinates
-    h = math.atan((u - x0) / camera.fx) + math.atan((x0 + width - u) / camera.fx)
-    w = math.atan((v - y0) / camera.fy) + math.atan((y0 + height - v) / camera.fy)
-    return math.degrees(h), math.degrees(w)
+    horizontal = math.atan((u - x0) / camera.fx) + math.atan((x0 + width - u) / camera.fx)
+    vertical = math.atan((v - y0) / camera.fy) + math.atan((y0 + height - v) / camera.fy)
+    return math.degrees(horizontal), math.degrees(vertical)
 
 
 def centre_crop_window(

@@ -22,7 +22,6 @@ frame's index), so a render is reproducible bit for bit on one machine.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -37,6 +36,7 @@ from posenet_train.synth import (
     box_faces,
     cast_rays,
     sample_textures,
+    skimage_pictures,
 )
 
 # Pictures for swapped posters: scikit-image sample images the room's walls never show.
@@ -179,17 +179,7 @@ def draw_nuisance(ranges: NuisanceRanges, seed: int, scene: Scene, seen_panels: 
 
 def poster_textures() -> list[np.ndarray]:
     """The swapped posters' pictures (scikit-image's data folder, RGB, TEXTURE_SIZE squared)."""
-    import skimage
-
-    folder = Path(skimage.__file__).parent / "data"
-    out = []
-    for name in POSTER_FILES:
-        img = cv2.imread(str(folder / name), cv2.IMREAD_COLOR)
-        if img is None:
-            raise FileNotFoundError(f"scikit-image sample image {folder / name} is missing")
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        out.append(cv2.resize(img, (TEXTURE_SIZE, TEXTURE_SIZE), interpolation=cv2.INTER_AREA).astype(np.float32))
-    return out
+    return [p.astype(np.float32) for p in skimage_pictures(POSTER_FILES)]
 
 
 def occluder_textures() -> list[np.ndarray]:

@@ -77,13 +77,18 @@ class Camera:
 
 
 def photo_textures() -> list[np.ndarray]:
+    """The room's photographs (``PHOTO_FILES``), RGB uint8, resized to TEXTURE_SIZE squared."""
+    return skimage_pictures(PHOTO_FILES)
+
+
+def skimage_pictures(names: tuple[str, ...]) -> list[np.ndarray]:
     """Photographs shipped inside scikit-image's wheel (read from its data folder: never a download),
-    RGB, resized to TEXTURE_SIZE squared."""
+    RGB uint8, resized to TEXTURE_SIZE squared."""
     import skimage
 
     folder = Path(skimage.__file__).parent / "data"
     out = []
-    for name in PHOTO_FILES:
+    for name in names:
         img = cv2.imread(str(folder / name), cv2.IMREAD_COLOR)
         if img is None:
             raise FileNotFoundError(f"scikit-image sample image {folder / name} is missing")
@@ -368,6 +373,17 @@ class SynthConfig:
                 raise ValueError(message)
 
 
+def scene_description(scene: Scene, camera: Camera) -> dict:
+    """What ``scene.json`` says of the scene and the camera (``datasets.dataset_camera`` reads it)."""
+    return {
+        "scene": scene.name,
+        "bounds": scene.bounds,
+        "extent": scene.extent,
+        "largest_dimension": max(scene.extent),
+        "camera": {**asdict(camera), "intrinsics": camera.intrinsics().tolist()},
+    }
+
+
 def render_dataset(cfg: SynthConfig, out: Path, progress: bool = True) -> list[PoseRecord]:
     """Render train, test and val sequences into ``out`` in the canonical layout (``poses.csv``), plus
     a ``scene.json`` describing the scene, and optionally the 7-Scenes layout next to it (which has
@@ -402,14 +418,7 @@ def render_dataset(cfg: SynthConfig, out: Path, progress: bool = True) -> list[P
         for split, fname in (("train", "TrainSplit.txt"), ("test", "TestSplit.txt")):
             ids = [k for k, (s, _) in enumerate(sequences, start=1) if s == split]
             (out / fname).write_text("".join(f"sequence{k}\n" for k in ids))
-    info = {
-        "scene": scene.name,
-        "bounds": scene.bounds,
-        "extent": scene.extent,
-        "largest_dimension": max(scene.extent),
-        "camera": {**asdict(camera), "intrinsics": camera.intrinsics().tolist()},
-        "config": asdict(cfg),
-    }
+    info = {**scene_description(scene, camera), "config": asdict(cfg)}
     (out / "scene.json").write_text(json.dumps(info, indent=2))
     return records
 
@@ -609,11 +618,7 @@ def render_benchmark(
         source = f"synthetic room ({cfg.name}): pinhole {camera.hfov_deg:g} deg, OpenCV radial distortion as rendered"
         write_cameras_json(out / folder, DatasetCameras.per_image(lenses, source))
         info = {
-            "scene": scene.name,
-            "bounds": scene.bounds,
-            "extent": scene.extent,
-            "largest_dimension": max(scene.extent),
-            "camera": {**asdict(camera), "intrinsics": camera.intrinsics().tolist()},
+            **scene_description(scene, camera),
             "benchmark": asdict(cfg),
             "sequences": [results[j][1] for j in mine],
         }

@@ -273,3 +273,44 @@ def test_eval_with_a_map_reports_posenet_and_refined_side_by_side(room: dict, tm
     assert "PoseNet + map" in printed and "frames refined" in printed
     code = train_main(["eval", str(MODEL), str(room["data"]), "--map", str(tmp_path / "none.npz"), "--no-baseline"])
     assert code == 2 and len([ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]) == 1
+
+
+def test_refine_budget_refines_only_where_the_budget_leaves_room_and_probes_again(room: dict) -> None:
+    """refine "budget": with a budget the network alone overruns, refinement waits; every 30th
+    skipped frame refines anyway (its cost is measured again); with room to spare, every frame."""
+    from posenet_ros.engine import REFINE_PROBE_EVERY
+
+    def attempted(budget_ms: float, frames: int) -> list[int]:
+        config = dataclasses.replace(
+            CPU, map_path=room["map_path"], refine="budget", latency_budget_ms=budget_ms, max_crops=2
+        )
+        engine = Engine(MODEL, config)
+        records = (room["tests"] * 2)[:frames]
+        return [i for i, r in enumerate(records) if engine.localize(bgr(room, r), "bgr8").refine_attempted]
+
+    assert attempted(0.5, REFINE_PROBE_EVERY + 5) == [REFINE_PROBE_EVERY]
+    assert attempted(60_000.0, 4) == [0, 1, 2, 3]
+
+
+def test_refine_rate_hz_refines_at_most_that_often_by_image_time(room: dict) -> None:
+    """The node's refine_rate_hz (localize_frame with a RefineGate, as the node and replay run it):
+    10 Hz images at 4 Hz refine every third frame; the frames between get PoseNet's pose."""
+    from posenet_ros.image_codec import decode, encode_image
+    from posenet_ros.relocalizer.diagnostics import NodeStats
+    from posenet_ros.relocalizer.frames import PUBLISHED, Frame, RefineGate, localize_frame
+    from posenet_ros.relocalizer.params import NodeSettings
+
+    settings = NodeSettings()
+    assert settings.update({"refine_rate_hz": 4.0, "max_frame_age_ms": 0.0}) is None
+    gate, stats, tried = RefineGate(), NodeStats(), []
+    for k, r in enumerate(room["tests"][:7]):
+        rgb = cv2.cvtColor(bgr(room, r), cv2.COLOR_BGR2RGB)
+        stamp = 1_000_000_000 + k * 100_000_000
+        outcome = localize_frame(
+            room["engine"], settings, decode, Frame(encode_image(rgb, "rgb8"), stamp, "c"), 0, stats, gate
+        )
+        assert outcome.status == PUBLISHED
+        tried.append(outcome.loc.refine_attempted)
+    assert tried == [True, False, False, True, False, False, True]
+    assert gate.due(0, 4.0)  # time running backwards (a bag looping) refines at once
+    assert all(RefineGate().due(s, 0.0) for s in (0, 1, 2))  # 0: every frame

@@ -12,13 +12,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_synth import DOT, dot_scene
 
 from posenet_ros.geometry import Pose, matrix_to_quat, quat_to_matrix, rotation_error_deg
 from posenet_train import perturb
 from posenet_train.datasets import read_cameras_json, read_poses_csv
 from posenet_train.perturb import Nuisance, PerturbedRenderer
 from posenet_train.synth import (
-    TEXTURE_SIZE,
     BenchmarkConfig,
     Camera,
     Face,
@@ -108,21 +108,6 @@ def test_vignetting_darkens_the_corners_by_its_share() -> None:
     out = perturb.vignette(grey(100.0, (49, 65)), 0.4)
     assert out[24, 32].mean() == pytest.approx(100.0)
     assert out[0, 0].mean() == pytest.approx(60.0, rel=1e-5) and out[-1, -1].mean() == pytest.approx(60.0, rel=1e-5)
-
-
-# A wall at x = 5 spanning y and z in [-W, W]; white with a black dot at DOT (as test_synth's).
-W = 12.0
-DOT = np.array([5.0, 1.0, 0.5])
-
-
-def dot_scene() -> Scene:
-    tex = np.full((1, TEXTURE_SIZE, TEXTURE_SIZE, 3), 255.0, np.float32)
-    u = (DOT[1] + W) / (2 * W) * (TEXTURE_SIZE - 1)
-    v = (1 - (DOT[2] + W) / (2 * W)) * (TEXTURE_SIZE - 1)
-    yy, xx = np.mgrid[0:TEXTURE_SIZE, 0:TEXTURE_SIZE]
-    tex[0][(xx - u) ** 2 + (yy - v) ** 2 <= 1.5**2] = 0.0
-    face = Face(axis=0, coord=5.0, lo=(-W, -W), hi=(W, W), texture=0)
-    return Scene("dot", [face], tex, ((5.0, -W, -W), (5.0, W, W)), (0, 0, 0), (1, 1, 1))
 
 
 def render_still(scene: Scene, camera: Camera, nuisance: Nuisance, pose: Pose) -> np.ndarray:
