@@ -135,6 +135,13 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seven-scenes", action="store_true", help="also write 7-Scenes pose.txt and split files")
     p.add_argument("--jobs", type=int, default=0, help="with --preset: processes rendering sequences (0: one per CPU)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="FOLDER",
+        help="with --preset: render only these of its folders (train, test-clean, test-perturbed, test-unseen)",
+    )
 
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
@@ -497,6 +504,8 @@ def run(args: argparse.Namespace) -> int:
             "heading_spread_deg": args.heading_spread,
         }
         given = {k: v for k, v in given.items() if v is not None}
+        if args.only and not args.preset:
+            raise UsageError("--only picks folders of a --preset")
         if args.preset:
             if args.seven_scenes or args.ext != "png":
                 raise UsageError("--preset writes png images in the canonical layout only; drop --seven-scenes / --ext")
@@ -504,7 +513,7 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"--jobs must be >= 0 (0: one per CPU), got {args.jobs}")
             bench = replace(PRESETS[args.preset], **given)
             bench.validate()
-            written = render_benchmark(bench, Path(args.out), args.jobs)
+            written = render_benchmark(bench, Path(args.out), args.jobs, folders=args.only)
             for folder, records in written.items():
                 counts = ", ".join(f"{n} {s}" for s in SPLITS if (n := sum(r.split == s for r in records)))
                 print(f"wrote {len(records)} frames ({counts}) to {Path(args.out) / folder / 'poses.csv'}")

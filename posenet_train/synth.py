@@ -572,7 +572,7 @@ def _render_job(args: tuple[BenchmarkConfig, SequenceJob, Path]) -> tuple[Sequen
 
 
 def render_benchmark(
-    cfg: BenchmarkConfig, out: Path, jobs: int = 0, progress: bool = True
+    cfg: BenchmarkConfig, out: Path, jobs: int = 0, progress: bool = True, folders: list[str] | None = None
 ) -> dict[str, list[PoseRecord]]:
     """The benchmark into ``out``: ``train`` (train and val splits) and the test-only sets
     ``test-clean``, ``test-perturbed`` and ``test-unseen``, each a canonical data set (poses.csv,
@@ -586,10 +586,14 @@ def render_benchmark(
     from posenet_train.datasets import DatasetCameras, write_cameras_json
 
     cfg.validate()
+    folders = list(folders or BENCHMARK_FOLDERS)  # ``folders``: only these (make demo renders test-clean)
+    unknown = [f for f in folders if f not in BENCHMARK_FOLDERS]
+    if unknown:
+        raise ValueError(f"no benchmark folder {', '.join(unknown)}; the folders are {', '.join(BENCHMARK_FOLDERS)}")
     out = Path(out)
     scene = _scene(cfg.scene_seed)
     camera = Camera(cfg.width, cfg.height, cfg.hfov_deg)
-    all_jobs = benchmark_jobs(cfg, scene)
+    all_jobs = [j for j in benchmark_jobs(cfg, scene) if j.folder in folders]
     workers = min(jobs or os.cpu_count() or 1, len(all_jobs))
     results: dict[SequenceJob, tuple[list[PoseRecord], dict]] = {}
     bar = tqdm(total=len(all_jobs), desc=f"render {cfg.name}", unit="sequence", disable=not progress)
@@ -606,7 +610,7 @@ def render_benchmark(
                 bar.update()
     bar.close()
     written: dict[str, list[PoseRecord]] = {}
-    for folder in BENCHMARK_FOLDERS:
+    for folder in folders:
         mine = [j for j in all_jobs if j.folder == folder]
         records = [r for j in mine for r in results[j][0]]
         write_poses_csv(out / folder / "poses.csv", records)
