@@ -325,11 +325,18 @@ def measure_precisions(
             start = clock()
             run(name, batches[0])
             times[name].append((clock() - start) * 1000.0)
+    def usable(out: np.ndarray) -> np.ndarray:
+        return np.all(np.isfinite(out), axis=1) & np.any(out[:, 3:7] != 0, axis=1)
+
+    # A model whose fp32 output is not finite on some frames (a broken file) is compared on the
+    # others; a precision not finite where fp32 is counts as non-finite, so fp32 stays the choice.
     ref = outputs["fp32"]
-    ref_positions, ref_quats = output.positions(ref[:, :3]), quat_unit(ref[:, 3:7])
+    ref_ok = usable(ref)
+    ref_positions, ref_quats = output.positions(ref[:, :3]), np.zeros((len(ref), 4))
+    ref_quats[ref_ok] = quat_unit(ref[ref_ok, 3:7])
     trials = {}
     for name, out in outputs.items():
-        ok = np.all(np.isfinite(out), axis=1) & np.any(out[:, 3:7] != 0, axis=1)
+        ok = usable(out) & ref_ok
         moved = np.linalg.norm(output.positions(out[ok, :3]) - ref_positions[ok], axis=1)
         turned = rotation_error_deg(quat_unit(out[ok, 3:7]), ref_quats[ok]) if ok.any() else np.zeros(0)
         trials[name] = PrecisionTrial(
@@ -337,7 +344,7 @@ def measure_precisions(
             forward_cost_ms(times[name]),
             float(moved.max(initial=0.0)),
             float(np.max(turned, initial=0.0)),
-            int((~ok).sum()),
+            int((~usable(out)).sum()),
             median_ms=float(np.median(times[name])),
             rounds=len(times[name]),
         )

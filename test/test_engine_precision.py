@@ -292,3 +292,17 @@ def test_timing_rounds_alternate_the_order_and_stop_at_the_budget() -> None:
 def test_forward_cost_is_a_low_quantile() -> None:
     assert forward_cost_ms([10.0] * 20 + [100.0] * 5) == 10.0
     assert forward_cost_ms([10.0, 11.0, 12.0, 13.0, 14.0, 50.0]) == pytest.approx(11.0)
+
+
+def test_a_model_whose_output_is_not_finite_keeps_fp32_instead_of_failing_to_start() -> None:
+    """precision auto on a broken file (NaN out of the network, as the node's NaN test model): the
+    start-up comparison survives it, counts it, and stays with fp32; each frame is then refused as
+    non-finite by the engine as before (found by the node's test when auto became its default)."""
+    from posenet_ros.contract import OutputSpec
+
+    def broken(batch: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(batch), 7), float("nan"))
+
+    trials = measure_precisions({"fp32": broken, "bf16": broken}, [torch.zeros(1, 3, 8, 8)], OutputSpec(), warmup=1)
+    assert trials["fp32"].non_finite == trials["bf16"].non_finite == 1
+    assert choose_precision(trials, 10.0)[0] == "fp32"

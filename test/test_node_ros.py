@@ -661,7 +661,8 @@ def test_poses_refined_against_a_map_are_centimetre_accurate(
     errors = [np.linalg.norm(pose_matrix(got[s].pose.pose)[:3, 3] - truth[s].position) for s in truth]
     assert sum(e < 0.05 for e in errors) >= 0.75 * len(errors), errors  # PoseNet alone: about 0.23 m
     values = wait_for(
-        lambda: diags and int(latest_status(diags)[2]["refine_attempts"]) == len(truth) and latest_status(diags)[2],
+        # At least every frame: one re-sent while its pose was on the way is refined again.
+        lambda: diags and int(latest_status(diags)[2]["refine_attempts"]) >= len(truth) and latest_status(diags)[2],
         what="/diagnostics counting every frame's refinement",
     )
     assert int(values["refined"]) >= 0.75 * len(truth)

@@ -92,7 +92,7 @@ def test_index_page_frames_csv_and_summary(bag: Path, tmp_path: Path) -> None:
     for text in (
         str(MODEL),
         "<td>torchscript</td>",
-        "<td>fp32</td>",
+        f"<td>{result.summary['precision']}</td>",  # precision auto: fp32, or bf16 where native
         "<td>cpu</td>",
         "within 0.25 m and 2 deg",
         "within 5.0 m and 10 deg",
