@@ -325,6 +325,7 @@ def measure_precisions(
             start = clock()
             run(name, batches[0])
             times[name].append((clock() - start) * 1000.0)
+
     def usable(out: np.ndarray) -> np.ndarray:
         return np.all(np.isfinite(out), axis=1) & np.any(out[:, 3:7] != 0, axis=1)
 
