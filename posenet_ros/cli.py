@@ -35,6 +35,8 @@ from posenet_ros.relocalizer.params import SPECS
 
 # Node parameters that mean the same offline; replay takes them as --name-with-dashes.
 REPLAY_NODE_PARAMETERS = (
+    "precision",
+    "refine_rate_hz",
     "map_frame",
     "camera_frame",
     "latency_budget_ms",

@@ -42,6 +42,7 @@ SYNTH = SynthConfig(
 )
 CPU = EngineConfig(device="cpu", warmup_iters=1)
 TF_TRUTH = GroundTruthSource(frames=("map", "camera_optical"))
+FP32 = {"precision": "fp32"}
 
 
 def within(pose, truth, metres: float = 0.03, degrees: float = 0.5) -> bool:
@@ -165,9 +166,11 @@ def replays(room: dict) -> dict:
     root = room["root"]
     bag = root / "bag"
     dataset_to_bag(ToBagConfig(room["data"], bag, storage="mcap"))
-    base = ReplayConfig(bag, MODEL, ground_truth=TF_TRUTH, device="cpu", progress=False)
+    # One precision for both runs, whatever precision auto would pick: their poses are compared.
+    base = ReplayConfig(bag, MODEL, ground_truth=TF_TRUTH, device="cpu", progress=False, node_parameters=FP32)
     report = root / "report"
     args = ["--gt-frames", "map", "camera_optical", "--map", str(room["map_path"]), "--report", str(report)]
+    args += ["--precision", "fp32"]
     code = ros_main(["replay", str(bag), "--model", str(MODEL), "--device", "cpu", "--no-progress", *args])
     assert code == 0
     with (report / "frames.csv").open() as f:

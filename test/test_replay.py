@@ -126,9 +126,10 @@ def test_replay_writes_poses_tf_and_report(dataset: Path, tmp_path: Path, storag
 
 def test_estimates_match_ground_truth_from_topic_and_from_tf_chain(dataset: Path, tmp_path: Path) -> None:
     bag = make_bag(dataset, tmp_path / "in")
-    via_tf = replay(ReplayConfig(bag, MODEL, ground_truth=TF_TRUTH, device="cpu", progress=False))
+    fp32 = {"precision": "fp32"}  # the two runs' poses are compared: one precision, whatever auto picks
+    via_tf = replay(ReplayConfig(bag, MODEL, ground_truth=TF_TRUTH, device="cpu", progress=False, node_parameters=fp32))
     topic = GroundTruthSource(topic="/ground_truth/camera_pose")
-    via_topic = replay(ReplayConfig(bag, MODEL, ground_truth=topic, device="cpu", progress=False))
+    via_topic = replay(ReplayConfig(bag, MODEL, ground_truth=topic, device="cpu", progress=False, node_parameters=fp32))
     truth = truth_poses(dataset)
     for a, b, gt in zip(via_tf.records, via_topic.records, truth, strict=True):
         # map <- base_link (dynamic) * base_link <- camera_optical (static) is the camera pose.
