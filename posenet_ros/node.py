@@ -347,6 +347,7 @@ class RelocalizerNode(Node):
         c = self.engine.contract
         e = self.engine
         extra = {"device": str(e.device), "backend": e.backend, "precision": e.precision}
+        extra["precision_reason"] = e.precision_reason  # precision auto's choice and its figures
         extra |= {"model_scene": c.scene.name, "contract_version": c.version}
         extra["camera_info"] = self._camera_info_problem or ("received" if self._camera_info else "none received yet")
         if fov is not None:

@@ -30,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_node(bed: RosTestbed, model: Path, *params: str, ros_args: tuple[str, ...] = ()) -> Any:
     """`ros2 run posenet_ros relocalize_node` with -p name:=value as a person types them."""
-    defaults = (f"model_path:={model}", "device:=cpu", "max_frame_age_ms:=0.0", "diagnostics_period:=0.2")
+    # fp32: poses are compared with an fp32 Engine in this process (precision auto, the node's default,
+    # may pick bf16; its own test passes precision:=auto, which the later -p overrides).
+    defaults = (f"model_path:={model}", "device:=cpu", "precision:=fp32", "max_frame_age_ms:=0.0")
+    defaults += ("diagnostics_period:=0.2",)
     argv = ["ros2", "run", "posenet_ros", "relocalize_node", "--ros-args", "-r", f"image:={CAMERA}"]
     argv += ["-r", f"image/compressed:={CAMERA}/compressed", *ros_args]
     for p in (*defaults, *params):
@@ -615,6 +618,8 @@ def test_precision_auto_reports_what_it_chose(bed: RosTestbed, tiny_file: tuple[
     send_until(pub, image_msg(now_ns(bed)), poses)
     precision = wait_for(lambda: diags and latest_status(diags)[2].get("precision"), what="/diagnostics")
     assert precision in ("fp32", "bf16"), precision
+    reason = latest_status(diags)[2]["precision_reason"]  # auto's figures, not "set in the configuration"
+    assert reason.startswith(precision) and "configuration" not in reason, reason
     assert_clean_exit(node, signal.SIGINT)
 
 
