@@ -16,7 +16,11 @@ ARGUMENTS = (
     ("model", "models/posenet_demo.pt", "TorchScript model: absolute, or relative to the package share dir"),
     ("map", "", "3D map for refinement (posenet-train map): absolute, or relative to the share dir; empty: off"),
     ("image_topic", "/camera/image_raw", "camera image topic (the node adds /compressed when compressed:=true)"),
-    ("camera_info_topic", "", "the camera's CameraInfo; empty: camera_info next to image_topic (image_transport's)"),
+    (
+        "camera_info_topic",
+        "",
+        "the camera's CameraInfo; empty: camera_info next to image_topic (image_transport's); none: not subscribed",
+    ),
     ("compressed", "false", "subscribe to sensor_msgs/CompressedImage on <image_topic>/compressed"),
     ("params_file", "", "parameter YAML; empty: config/relocalize.yaml from the package share dir"),
     ("use_sim_time", "false", "use /clock (ros2 bag play --clock)"),
@@ -37,10 +41,13 @@ def generate_launch_description():
     image = cfg["image_topic"]
     # A camera driver publishes <ns>/image_raw beside <ns>/camera_info.
     sibling_info = PythonExpression(["'/'.join('", image, "'.split('/')[:-1] + ['camera_info'])"])
+    info = cfg["camera_info_topic"]
     overrides = {
         "model_path": cfg["model"],
         "map_path": cfg["map"],
-        "camera_info_topic": PythonExpression(["'", cfg["camera_info_topic"], "' or '", sibling_info, "'"]),
+        "camera_info_topic": PythonExpression(
+            ["'' if '", info, "' == 'none' else ('", info, "' or '", sibling_info, "')"]  # none: not subscribed
+        ),
         "compressed": ParameterValue(cfg["compressed"], value_type=bool),
         "use_sim_time": ParameterValue(cfg["use_sim_time"], value_type=bool),
         "device": cfg["device"],

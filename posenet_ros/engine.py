@@ -667,6 +667,7 @@ class Engine:
         self._refine_ema_ms = 0.0
         self._refine_skipped = 0
         self.live_camera: Camera | None = None
+        self.camera_mismatch = ""  # why the live camera is not used for these images ("": it is)
         self.fov: FovCheck | None = None
         self._fov_windows: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         if config.refine not in REFINE_MODES:
@@ -699,11 +700,12 @@ class Engine:
     def _refine_fits(self) -> bool:
         """Under refine "budget": whether this frame has room for refinement (its recent time plus
         one crop of the network within the budget). Skipped frames count, and every
-        ``REFINE_PROBE_EVERY``-th one refines anyway so the estimate follows the machine."""
+        ``REFINE_PROBE_EVERY``-th one refines anyway so the estimate follows the machine. Without
+        a latency budget it refines every frame (the node refuses refine budget without one)."""
         budget = self.budget.budget_ms
         if self.refine_mode != "budget" or budget is None:
             return True
-        fits = self._refine_ema_ms + self.budget.predict_ms(1) <= budget
+        fits = self._refine_ema_ms + self.budget.predict_ms(self.budget.candidates[0]) <= budget
         self._refine_skipped = 0 if fits or self._refine_skipped >= REFINE_PROBE_EVERY else self._refine_skipped + 1
         return fits or self._refine_skipped == 0
 
@@ -722,12 +724,30 @@ class Engine:
         if k is None:
             if len(self._scaled) > 16:  # a camera changing size all the time: do not grow forever
                 self._scaled.clear()
-            camera = self.live_camera or self.intrinsics
+            camera = self._live_camera_for(width, height) or self.intrinsics
             try:
                 k = self._scaled[(width, height)] = camera.scaled(width, height)
             except CameraError as exc:
                 raise ImageError(f"refinement: {exc}; give the camera's intrinsics at this size") from None
         return k
+
+    def _live_camera_for(self, width: int, height: int) -> Camera | None:
+        """The live camera where its images have this aspect; None (and ``camera_mismatch`` says
+        why) where they do not: a CameraInfo calibrated at another resolution's aspect describes
+        some other image, so refinement keeps the map's camera and nothing is cropped."""
+        live = self.live_camera
+        if live is None:
+            return None
+        try:
+            live.scaled(width, height)
+        except CameraError:
+            self.camera_mismatch = (
+                f"CameraInfo is {live.width}x{live.height}, the images {width}x{height} (another aspect): "
+                "not used (refinement keeps the map's camera, no field-of-view crop)"
+            )
+            return None
+        self.camera_mismatch = ""
+        return live
 
     def set_camera(self, camera: Camera | None) -> FovCheck | None:
         """The live camera (the node's CameraInfo): refinement's intrinsics from now on (over the
@@ -764,6 +784,9 @@ class Engine:
         if window is None:
             if len(self._fov_windows) > 16:
                 self._fov_windows.clear()
+            if self._live_camera_for(width, height) is None:  # another aspect: no crop fits
+                self._fov_windows[(width, height)] = (0, 0, width, height)
+                return image
             x0, y0, w, h = self.fov.window
             sx, sy = width / self.live_camera.width, height / self.live_camera.height
             window = (round(x0 * sx), round(y0 * sy), max(round(w * sx), 1), max(round(h * sy), 1))

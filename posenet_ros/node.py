@@ -349,7 +349,9 @@ class RelocalizerNode(Node):
         extra = {"device": str(e.device), "backend": e.backend, "precision": e.precision}
         extra["precision_reason"] = e.precision_reason  # precision auto's choice and its figures
         extra |= {"model_scene": c.scene.name, "contract_version": c.version}
-        extra["camera_info"] = self._camera_info_problem or ("received" if self._camera_info else "none received yet")
+        extra["camera_info"] = (
+            self._camera_info_problem or e.camera_mismatch or ("received" if self._camera_info else "none received yet")
+        )
         if fov is not None:
             extra["field_of_view"] = fov.message
         status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in {**summary, **extra}.items()]

@@ -317,3 +317,40 @@ def test_refine_rate_hz_refines_at_most_that_often_by_image_time(room: dict) -> 
     assert tried == [True, False, False, True, False, False, True]
     assert gate.due(0, 4.0)  # time running backwards (a bag looping) refines at once
     assert all(RefineGate().due(s, 0.0) for s in (0, 1, 2))  # 0: every frame
+
+
+def test_a_camera_info_of_another_aspect_is_set_aside_not_a_reason_to_drop_frames(room: dict) -> None:
+    """A driver whose calibration is for another resolution's aspect (1920x1080 for 256x192 frames):
+    its CameraInfo describes some other image, so the engine keeps the map's camera for refinement,
+    crops nothing and says why; every frame still gets a pose (found in review)."""
+    from posenet_ros.camera import Camera
+
+    engine = Engine(MODEL, dataclasses.replace(CPU, map_path=room["map_path"]))
+    engine.set_camera(Camera(1920, 1080, 1400.0, 1400.0, 959.5, 539.5))
+    r = room["tests"][0]
+    loc = engine.localize(bgr(room, r), "bgr8")
+    assert loc.refine_attempted and loc.refined and within(loc.pose, r.pose()), loc.refine_reason
+    assert "1920x1080, the images 256x192 (another aspect): not used" in engine.camera_mismatch
+    assert engine.intrinsics_for(256, 192) == synth_intrinsics(SYNTH)
+
+
+def test_refine_rate_hz_keeps_the_rate_asked_of_a_real_cameras_stamps() -> None:
+    """A 30 Hz camera's stamps are 33,333,333 ns apart: three of them fall just short of 100 ms.
+    refine_rate_hz 10 still refines every third frame (10 Hz, not 7.5 Hz), 15 every second; never
+    more often than asked by more than the slack. refine budget without a budget is refused."""
+    from posenet_ros.relocalizer.frames import RefineGate
+    from posenet_ros.relocalizer.params import NodeSettings
+
+    def refined(rate_hz: float, frames: int = 300) -> int:
+        gate, count = RefineGate(), 0
+        for k in range(frames):
+            stamp = 1_000_000_000 + k * 33_333_333
+            if gate.due(stamp, rate_hz):
+                gate.ran(stamp)
+                count += 1
+        return count
+
+    assert refined(10.0) == 100 and refined(15.0) == 150 and refined(30.0) == 300 and refined(0.0) == 300
+    assert refined(12.0) == 100  # 12 Hz cannot be kept at 30 Hz: every third frame, not more often
+    assert "refine budget needs latency_budget_ms > 0" in NodeSettings().update({"refine": "budget"})
+    assert NodeSettings().update({"refine": "budget", "latency_budget_ms": 80.0}) is None

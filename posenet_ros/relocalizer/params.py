@@ -225,6 +225,8 @@ class NodeSettings:
                 merged[name] = float(value) if isinstance(SPECS[name].default, float) else value
         if merged["crops"] > merged["max_crops"]:
             return f"crops ({merged['crops']}) must not exceed max_crops ({merged['max_crops']})"
+        if merged["refine"] == "budget" and not merged["latency_budget_ms"] > 0:
+            return "refine budget needs latency_budget_ms > 0 (the budget it refines within)"
         self.values = merged
         return None
 
