@@ -52,7 +52,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "refine_rate_hz",
         0.0,
-        "refine at most this often (image time); frames between get PoseNet's pose; 0: every frame",
+        "refine about this often (image time, at most 1/0.9 times it); PoseNet's pose between; 0: every frame",
         range=(0.0, 1000.0),
     ),
     ParamSpec(
