@@ -141,11 +141,18 @@ def _info_field(msg: Any, name: str) -> Any:
     return getattr(msg, name) if hasattr(msg, name) else getattr(msg, name.upper())
 
 
-def camera_from_info(msg: Any) -> tuple[Camera | None, str]:
+def camera_from_info(msg: Any, rectified: bool = False) -> tuple[Camera | None, str]:
     """The camera of a ``sensor_msgs/CameraInfo`` (any object with its fields: rclpy's, a bag's
     deserialized one, ROS 1's), or None and why not: an uncalibrated camera (K all zero), binning or
     a region of interest, or distortion other than OpenCV's plumb_bob (k1, k2, p1, p2, k3;
-    rational_polynomial with its extra terms zero)."""
+    rational_polynomial with its extra terms zero). ``rectified``: the camera of the rectified
+    images (``image_rect``) that share this CameraInfo with the raw ones, P's matrix, no distortion."""
+    if rectified:
+        p = np.asarray(_info_field(msg, "p"), dtype=np.float64).ravel()
+        width, height = int(msg.width), int(msg.height)
+        if p.shape != (12,) or not np.all(np.isfinite(p)) or p[0] <= 0 or p[5] <= 0 or width < 1 or height < 1:
+            return None, f"the rectified camera is not calibrated (P {p.tolist()}, {width}x{height})"
+        return Camera(width, height, float(p[0]), float(p[5]), float(p[2]), float(p[6])), ""
     k = np.asarray(_info_field(msg, "k"), dtype=np.float64).ravel()
     d = np.asarray(_info_field(msg, "d"), dtype=np.float64).ravel()
     width, height = int(msg.width), int(msg.height)

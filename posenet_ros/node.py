@@ -196,7 +196,7 @@ class RelocalizerNode(Node):
         self.slot.put(Frame(msg, stamp_to_ns(msg.header.stamp), msg.header.frame_id))
 
     def _on_camera_info(self, msg: Any) -> None:
-        camera, why = camera_from_info(msg)
+        camera, why = camera_from_info(msg, self.settings.camera_info_rectified)
         if camera is None:
             if why != self._camera_info_problem:  # once per new reason, not at the camera's rate
                 self.get_logger().warning(f"ignoring CameraInfo: {why}")

@@ -98,6 +98,17 @@ def test_camera_info_becomes_a_camera_or_says_why_not() -> None:
         assert camera is None and words in why and "\n" not in why, (fields, why)
 
 
+def test_a_rectified_topic_takes_the_rectified_camera_from_p() -> None:
+    """image_rect shares the raw camera's CameraInfo: K and D describe the raw images, P (here a
+    rectified focal of 480 at (322, 236)) the rectified ones, which have no distortion."""
+    p = [480.0, 0, 322.0, 0, 0, 480.0, 236.0, 0, 0, 0, 1, 0]
+    msg = info(d=[-0.3, 0.08, 0, 0, 0], p=p)
+    assert camera_from_info(msg)[0] == Camera(640, 480, 500.0, 501.0, 319.5, 239.5, (-0.3, 0.08, 0, 0))
+    assert camera_from_info(msg, rectified=True) == (Camera(640, 480, 480.0, 480.0, 322.0, 236.0), "")
+    camera, why = camera_from_info(info(p=[0.0] * 12), rectified=True)
+    assert camera is None and "rectified camera is not calibrated" in why
+
+
 def test_scaled_keeps_the_view_and_refuses_another_aspect() -> None:
     cam = pinhole(256, 192, 65.0)
     assert cam.scaled(512, 384).hfov_deg == pytest.approx(cam.hfov_deg, abs=1e-9)

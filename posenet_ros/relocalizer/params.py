@@ -63,6 +63,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "camera_info_rectified",
+        False,
+        "the images are rectified (image_rect): their camera is CameraInfo's P, without distortion; "
+        "false: the raw images' K and D",
+        read_only=True,
+    ),
+    ParamSpec(
         "fov_tolerance",
         0.05,
         "relative field-of-view difference to the training camera that is reported (and cropped where wider)",
