@@ -202,7 +202,9 @@ class RelocalizerNode(Node):
                 self.get_logger().warning(f"ignoring CameraInfo: {why}")
             self._camera_info_problem = why
             return
-        self._camera_info, self._camera_info_problem = camera, ""
+        if camera != self._camera_info:  # the same calibration at the camera's rate: keep the object
+            self._camera_info = camera
+        self._camera_info_problem = ""
 
     def _run_worker(self) -> None:
         try:
