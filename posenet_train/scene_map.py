@@ -94,7 +94,7 @@ def synth_intrinsics(cfg) -> Camera:
 
 
 def dataset_intrinsics(folder: str | Path) -> Camera:
-    """The pinhole camera of a data set folder (``datasets.dataset_camera``: its ``cameras.json``,
+    """The camera of a data set folder (``datasets.dataset_camera``: its ``cameras.json``,
     written by ``posenet-train convert`` for 7-Scenes and COLMAP and ``from-bag`` from the
     recording's CameraInfo, else the synthetic renderer's ``scene.json``), else a one-line MapError.
     A lens distortion comes with it: the map undistorts its keypoints, and queries theirs, with it."""
