@@ -84,16 +84,24 @@ demo: setup
 	    --node-log $(DEMO_OUT)/node.log --report $(DEMO_OUT)/live_report
 
 # Retrain the demo model from nothing into out/demo (the bundled models/posenet_demo.pt is untouched;
-# `make update-demo-model` copies the result over it, explicitly): render, train, export, evaluate.
+# `make update-demo-model` copies the result over it, explicitly): render the benchmark's nuisances
+# over the whole room (synth --preset room-demo), train with colour jitter, export with Monte Carlo
+# dropout, calibrate both uncertainty modes on the val split, evaluate on make demo's test frames.
 # CPU configuration (input 112, 2200 steps); see models/README.md for its measured accuracy and time.
 DEMO := out/demo
 demo-model: setup
-	$(VENV)/bin/posenet-train synth --out $(DEMO)/room --train-sequences 16 --test-sequences 2 --frames 200 \
-	    --width 256 --height 192 --heading-spread 50
-	$(VENV)/bin/posenet-train fit $(DEMO)/room --out $(DEMO)/run --input-size 112 --resize-shortest-side 128 \
-	    --final-fc-dim 1024 --steps 2200 --batch-size 32 --lr 1e-3 --learn-weighting --pretrained none --eval-every 250 \
-	    --eval-images 96 --checkpoint-every 250 --scene-name synthetic_room --export $(DEMO)/posenet_demo.pt
-	$(VENV)/bin/posenet-train eval $(DEMO)/posenet_demo.pt $(DEMO)/room --out $(DEMO)/eval
+	$(VENV)/bin/posenet-train synth --out $(DEMO)/data --preset room-demo --only train
+	$(VENV)/bin/posenet-train fit $(DEMO)/data/train --out $(DEMO)/run --input-size 112 --resize-shortest-side 128 \
+	    --final-fc-dim 1024 --steps 2200 --batch-size 32 --lr 1e-3 --learn-weighting --pretrained none --color-jitter 0.2 \
+	    --eval-every 250 --eval-images 96 --checkpoint-every 250 --scene-name synthetic_room --no-progress \
+	    --mc-dropout --export $(DEMO)/posenet_demo_uncalibrated.pt
+	$(VENV)/bin/posenet-train calibrate $(DEMO)/posenet_demo_uncalibrated.pt $(DEMO)/data/train --mode crops \
+	    --out $(DEMO)/posenet_demo_crops.pt
+	$(VENV)/bin/posenet-train calibrate $(DEMO)/posenet_demo_crops.pt $(DEMO)/data/train --mode mc_dropout \
+	    --out $(DEMO)/posenet_demo.pt
+	$(VENV)/bin/posenet-train synth --out $(DEMO)/test --train-sequences 0 --test-sequences 2 --val-sequences 0 \
+	    --frames 200 --width 256 --height 192 --heading-spread 50
+	$(VENV)/bin/posenet-train eval $(DEMO)/posenet_demo.pt $(DEMO)/test --baseline-data $(DEMO)/data/train --out $(DEMO)/eval
 
 # The demo model's recipe plus colour jitter, trained on the synthetic benchmark (docs/training.md,
 # "A synthetic benchmark"; measured in models/README.md): render, train, evaluate on its three test sets.

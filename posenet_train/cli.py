@@ -75,7 +75,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         "noise) and the test-only sets OUT/test-clean, OUT/test-perturbed (another lens, JPEG, occluders, new "
         "posters, wider nuisances) and OUT/test-unseen (a region training never entered); evaluate with "
         "`posenet-train eval MODEL OUT/test-perturbed --baseline-data OUT/train` (docs/training.md, "
-        "'A synthetic benchmark'). The size options below override the preset's.",
+        "'A synthetic benchmark'). --preset room-demo renders the same nuisances over the whole walk box (no "
+        "test-unseen): the bundled demo model's training data. The size options below override the preset's.",
     )
     p.add_argument("--out", required=True, help="folder for the images, poses.csv and scene.json")
     p.add_argument(

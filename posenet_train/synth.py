@@ -449,9 +449,14 @@ class BenchmarkConfig:
     label_noise_m: float = 0.015  # RMS of the train labels' position error (norm)
     label_noise_deg: float = 0.5  # RMS of the train labels' rotation error (angle)
     # The unseen region: camera centres with y >= unseen_from_y (to the walk box's end); train,
-    # val, clean and perturbed test trajectories keep y <= seen_to_y.
-    seen_to_y: float = 4.8
-    unseen_from_y: float = 5.2
+    # val, clean and perturbed test trajectories keep y <= seen_to_y. Both None: nothing is
+    # withheld, every set walks the whole box and there is no test-unseen (preset room-demo).
+    seen_to_y: float | None = 4.8
+    unseen_from_y: float | None = 5.2
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        return BENCHMARK_FOLDERS if self.seen_to_y is not None else BENCHMARK_FOLDERS[:3]
 
     def validate(self) -> None:
         SynthConfig(
@@ -472,6 +477,11 @@ class BenchmarkConfig:
             (self.test_sequences <= 100, "at most 100 sequences per test set (their seeds would repeat)"),
             (1 <= self.supersample <= 4, f"supersample must be 1..4, got {self.supersample}"),
             (self.label_noise_m >= 0 and self.label_noise_deg >= 0, "label noise must be >= 0"),
+            ((self.seen_to_y is None) == (self.unseen_from_y is None), "seen_to_y and unseen_from_y: both or neither"),
+            (
+                None in (self.seen_to_y, self.unseen_from_y) or self.seen_to_y < self.unseen_from_y,
+                f"the unseen region must start after the seen one: {self.seen_to_y} < {self.unseen_from_y}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -480,6 +490,9 @@ class BenchmarkConfig:
 
 PRESETS = {
     "room-benchmark": BenchmarkConfig(),
+    # The bundled demo model's training data: the benchmark's nuisances and label noise over the
+    # whole walk box (its train trajectories are plain synth's, as make demo's test ones are).
+    "room-demo": BenchmarkConfig(name="room-demo", seen_to_y=None, unseen_from_y=None),
 }
 
 
@@ -501,8 +514,8 @@ def benchmark_jobs(cfg: BenchmarkConfig, scene: Scene) -> list[SequenceJob]:
     trajectories (paired frames), the perturbed ones' nuisances have seeds of their own (+ 600 + i)."""
     base = cfg.seed * 1000
     lo, hi = scene.walk_lo, scene.walk_hi
-    seen = (lo, (hi[0], cfg.seen_to_y, hi[2]))
-    unseen = ((lo[0], cfg.unseen_from_y, lo[2]), hi)
+    seen = (lo, hi) if cfg.seen_to_y is None else (lo, (hi[0], cfg.seen_to_y, hi[2]))
+    unseen = (lo, hi) if cfg.unseen_from_y is None else ((lo[0], cfg.unseen_from_y, lo[2]), hi)
     jobs = [
         SequenceJob("train", i + 1, "train", base + i, base + i, "training", seen, True)
         for i in range(cfg.train_sequences)
@@ -518,6 +531,8 @@ def benchmark_jobs(cfg: BenchmarkConfig, scene: Scene) -> list[SequenceJob]:
         ("test-perturbed", "perturbed", seen, 500, 600),
         ("test-unseen", "clean", unseen, 700, 700),
     ):
+        if folder not in cfg.folders:
+            continue
         jobs += [
             SequenceJob(folder, i + 1, "test", base + traj + i, base + nuis + i, ranges, walk, False)
             for i in range(cfg.test_sequences)
@@ -586,10 +601,10 @@ def render_benchmark(
     from posenet_train.datasets import DatasetCameras, write_cameras_json
 
     cfg.validate()
-    folders = list(folders or BENCHMARK_FOLDERS)  # ``folders``: only these (make demo renders test-clean)
-    unknown = [f for f in folders if f not in BENCHMARK_FOLDERS]
+    folders = list(folders or cfg.folders)  # ``folders``: only these (make demo renders test-clean)
+    unknown = [f for f in folders if f not in cfg.folders]
     if unknown:
-        raise ValueError(f"no benchmark folder {', '.join(unknown)}; the folders are {', '.join(BENCHMARK_FOLDERS)}")
+        raise ValueError(f"{cfg.name} has no folder {', '.join(unknown)}; its folders are {', '.join(cfg.folders)}")
     out = Path(out)
     scene = _scene(cfg.scene_seed)
     camera = Camera(cfg.width, cfg.height, cfg.hfov_deg)
@@ -632,7 +647,9 @@ def render_benchmark(
         "preset": cfg.name,
         "config": asdict(cfg),
         "folders": {f: {"frames": len(r), "splits": sorted({x.split for x in r})} for f, r in written.items()},
-        "unseen_region": {"y_from": cfg.unseen_from_y, "training_y_to": cfg.seen_to_y},
+        "unseen_region": None
+        if cfg.seen_to_y is None
+        else {"y_from": cfg.unseen_from_y, "training_y_to": cfg.seen_to_y},
     }
     (out / "benchmark.json").write_text(json.dumps(summary, indent=2))
     return written

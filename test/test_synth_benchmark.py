@@ -19,6 +19,7 @@ from posenet_train import perturb
 from posenet_train.datasets import read_cameras_json, read_poses_csv
 from posenet_train.perturb import Nuisance, PerturbedRenderer
 from posenet_train.synth import (
+    PRESETS,
     BenchmarkConfig,
     Camera,
     Face,
@@ -308,6 +309,24 @@ def test_the_unseen_region_is_never_entered_by_training(bench: Path) -> None:
             assert max(ys) <= TINY.seen_to_y + 1e-9
 
 
+def test_the_demo_preset_withholds_nothing_and_trains_on_plain_synths_trajectories() -> None:
+    demo = replace(PRESETS["room-demo"], train_sequences=2, val_sequences=1, test_sequences=1)
+    demo.validate()
+    assert demo.folders == ("train", "test-clean", "test-perturbed")
+    scene = room_scene(0)
+    jobs = benchmark_jobs(demo, scene)
+    assert {j.folder for j in jobs} == {"train", "test-clean", "test-perturbed"}
+    assert all(j.walk == (scene.walk_lo, scene.walk_hi) for j in jobs)
+    # Plain synth's seeds: train i, val 250 + i, test 500 + i (make demo's test trajectories).
+    assert [j.trajectory_seed for j in jobs if j.split != "test"] == [0, 1, 250]
+    assert {j.trajectory_seed for j in jobs if j.split == "test"} == {500}
+    assert any(j.label_noise and j.ranges == "training" for j in jobs)
+    with pytest.raises(ValueError, match="has no folder test-unseen"):
+        render_benchmark(demo, Path("/nonexistent"), folders=["test-unseen"])
+    with pytest.raises(ValueError, match="both or neither"):
+        replace(demo, seen_to_y=4.8).validate()
+
+
 # -- the layout ------------------------------------------------------------------------------------
 
 
@@ -401,5 +420,5 @@ def test_only_renders_the_named_folders_exactly_as_the_whole_preset_does(bench: 
     for image in sorted((bench / "test-clean").rglob("*.png")):
         rel = image.relative_to(bench)
         assert hashlib.sha256((tmp_path / rel).read_bytes()).digest() == hashlib.sha256(image.read_bytes()).digest()
-    with pytest.raises(ValueError, match="no benchmark folder test-dirty"):
+    with pytest.raises(ValueError, match="has no folder test-dirty"):
         render_benchmark(TINY, tmp_path, jobs=1, progress=False, folders=["test-dirty"])
