@@ -54,10 +54,12 @@ bench-node-memory: ros-package
 	    $(PY) benchmarks/bench_node_memory.py --minutes 10 --json out/bench_node_memory.json
 
 # The main job on the bundled demo model: record its scene's test trajectory as a rosbag2 (images
-# plus ground-truth TF, rendered here with the training run's seeds), replay it through the model
-# offline as the node would, then do it for real: build the package with colcon, start the node with
-# ros2 launch (use_sim_time, map_to_base as on a robot without odometry) and play the recording to it
-# over DDS in real time with /clock; both print accuracy and latency and write a report.
+# plus ground-truth TF, rendered here with the training run's seeds), build a 3D map of the room from
+# 400 views along the training walks (about 25 s, 17 MB), replay the recording through the model and
+# the map offline as the node would (coarse and refined side by side), then do it for real: build
+# the package with colcon, start the node with ros2 launch (use_sim_time, map_to_base as on a robot
+# without odometry, refining against the map) and play the recording to it over DDS in real time
+# with /clock; both print accuracy and latency and write a report.
 DEMO_OUT := out/demo_run
 # Its own log folder, and a domain of its own unless one is set: other ROS 2 processes may run here.
 DEMO_ROS := export ROS_LOG_DIR=$(CURDIR)/$(DEMO_OUT)/ros_log ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST \
@@ -75,12 +77,17 @@ demo: setup
 	$(VENV)/bin/posenet-train synth --out $(DEMO_OUT)/scene --train-sequences 0 --test-sequences 2 --val-sequences 0 \
 	    --frames 200 --width 256 --height 192 --heading-spread 50
 	$(VENV)/bin/posenet-train to-bag $(DEMO_OUT)/scene --out $(DEMO_OUT)/camera_bag --storage mcap --rate 10
+	$(VENV)/bin/posenet-train synth --out $(DEMO_OUT)/map_images --train-sequences 16 --test-sequences 0 \
+	    --val-sequences 0 --frames 25 --width 256 --height 192 --heading-spread 50
+	$(VENV)/bin/posenet-train map $(DEMO_OUT)/map_images --out $(DEMO_OUT)/room_map.npz --max-size 256 --max-features 1000
 	$(VENV)/bin/posenet-ros replay $(DEMO_OUT)/camera_bag --model models/posenet_demo.pt --device cpu \
-	    --gt-frames map camera_optical --out $(DEMO_OUT)/poses_bag --report $(DEMO_OUT)/report
+	    --map $(DEMO_OUT)/room_map.npz --gt-frames map camera_optical --out $(DEMO_OUT)/poses_bag \
+	    --report $(DEMO_OUT)/report
 	$(MAKE) --no-print-directory ros-package
 	$(ROS_ENV) source $(ROS_WS)/install/local_setup.bash && $(DEMO_ROS) \
 	    $(VENV)/bin/posenet-ros live $(DEMO_OUT)/camera_bag --model models/posenet_demo.pt --launch \
-	    --launch-arg tf_mode:=map_to_base --launch-arg device:=cpu --gt-frames map base_link \
+	    --launch-arg tf_mode:=map_to_base --launch-arg device:=cpu --launch-arg map:=$(CURDIR)/$(DEMO_OUT)/room_map.npz \
+	    --gt-frames map base_link \
 	    --node-log $(DEMO_OUT)/node.log --report $(DEMO_OUT)/live_report
 
 # Retrain the demo model from nothing into out/demo (the bundled models/posenet_demo.pt is untouched;

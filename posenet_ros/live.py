@@ -451,6 +451,9 @@ def _summarize(
         "wall_time_s": wall_s,
         "throughput_fps": None,  # the recording's rate sets it; time gaps between walks would skew a figure
     }
+    attempts = _count(diagnostics, "refine_attempts")
+    if attempts:  # a node with a map: what it refined (replay's refinement has per-frame figures)
+        summary["node_refinement"] = {"attempts": attempts, "refined": _count(diagnostics, "refined") or 0}
     if truth is not None:
         summary.update(accuracy_summary(truth.source, done, contract))
     return summary

@@ -503,6 +503,13 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
     ref = summary.get("refinement")
     if ref is not None:
         lines += refinement_lines(ref)
+    node_ref = summary.get("node_refinement")
+    if node_ref is not None:
+        rate = node_ref["refined"] / node_ref["attempts"]
+        lines.append(
+            f"refinement (the node's /diagnostics): refined {node_ref['refined']} of {node_ref['attempts']} "
+            f"frames ({rate:.1%})"
+        )
     if summary.get("overruns"):
         lines.append(f"latency budget {summary['latency_budget_ms']:g} ms overrun by {summary['overruns']} frames")
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]
@@ -605,6 +612,12 @@ def report_tables(summary: dict[str, Any]) -> list[Table]:
         ("skipped (replaced by a newer frame)", summary["frames_skipped"]),
         ("dropped as stale", summary["frames_dropped_stale"]),
     ]
+    node_ref = summary.get("node_refinement")
+    if node_ref is not None:
+        frame_rows += [
+            ("refinement tried (the node's count)", node_ref["attempts"]),
+            ("refined against the map (the node's count)", node_ref["refined"]),
+        ]
     lat = summary["latency_ms"]
     budget = summary["latency_budget_ms"]
     latency_rows = [
