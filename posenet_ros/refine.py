@@ -12,8 +12,9 @@ here, so the builder and the robot agree) and the query side:
    neighbours); a match to a keypoint with a 3D point is a 2D-3D correspondence.
 4. PnP in RANSAC (OpenCV, AP3P minimal solver), Levenberg-Marquardt refinement on the inliers,
    inliers re-collected at the refined pose and refined once more.
-5. Accepted when there are ``min_inliers`` inliers and the refined pose is within ``max_shift_m`` /
-   ``max_shift_deg`` of the coarse one; otherwise the coarse pose comes back with ``refined`` False
+5. Accepted when there are ``min_inliers`` inliers and the refined pose is within the shift limit
+   (``max_shift_frac`` of the map's camera spread, so SfM units and large scenes scale with it, or
+   ``max_shift_m``) and ``max_shift_deg`` of the coarse one; otherwise the coarse pose comes back with ``refined`` False
    and a one-line ``reason``.
 
 Poses follow docs/architecture.md: camera-to-map, OpenCV optical axes, quaternions (w, x, y, z),
@@ -33,6 +34,7 @@ import json
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -167,6 +169,16 @@ class SceneMap:
         rot = quat_to_matrix(self.poses[:, 3:7]) if len(self.poses) else np.zeros((0, 3, 3))
         self._centres = self.poses[:, :3]
         self._view_dirs = rot[:, :, 2]  # optical axis (camera z) in the map
+
+    @cached_property
+    def camera_spread(self) -> float:
+        """The diameter of the map's camera centres (the largest distance between two), in the
+        map's units: the scale refinement's acceptance gate follows."""
+        c = self._centres
+        return max(
+            (float(np.linalg.norm(c[i : i + 256, None] - c[None], axis=2).max()) for i in range(0, len(c), 256)),
+            default=0.0,
+        )
 
     def image_slice(self, i: int) -> slice:
         return slice(int(self.kp_offsets[i]), int(self.kp_offsets[i + 1]))
@@ -321,8 +333,15 @@ class RefineConfig:
     ransac_confidence: float = 0.9999
     min_inliers: int = 20
     min_inlier_ratio: float = 0.0  # inliers / correspondences below this: refused
-    max_shift_m: float = 1.0  # refined pose within this of the coarse one
+    # The refined pose within this of the coarse one: max_shift_m (map units) where set, else
+    # max_shift_frac of the map's camera spread (0.91 m for make demo's map, whose cameras span
+    # 6.05 m; a label-sfm map has no metres, and on a 100 m street the coarse poses are metres off).
+    max_shift_m: float | None = None
+    max_shift_frac: float = 0.15
     max_shift_deg: float = 15.0
+
+    def shift_limit(self, scene_map: SceneMap) -> float:
+        return self.max_shift_m if self.max_shift_m is not None else self.max_shift_frac * scene_map.camera_spread
 
 
 @dataclass(frozen=True)
@@ -538,10 +557,12 @@ def refine_pose(
         return _not_refined(
             coarse, f"inlier ratio {n_in / n_corr:.2f} below {cfg.min_inlier_ratio}", t0, tf, tm, tp, **common
         )
-    if shift_m > cfg.max_shift_m or shift_deg > cfg.max_shift_deg:
+    limit = cfg.shift_limit(scene_map)
+    if shift_m > limit or shift_deg > cfg.max_shift_deg:
+        how = "" if cfg.max_shift_m is not None else f" = {cfg.max_shift_frac:g} x the map's camera spread"
         reason = (
-            f"refined pose is {shift_m:.2f} m / {shift_deg:.1f} deg from the coarse one "
-            f"(limits {cfg.max_shift_m} m / {cfg.max_shift_deg} deg)"
+            f"refined pose is {shift_m:.3g} (map units) / {shift_deg:.1f} deg from the coarse one "
+            f"(limits {limit:.3g}{how} / {cfg.max_shift_deg:g} deg)"
         )
         return _not_refined(coarse, reason, t0, tf, tm, tp, **common)
     cov = pose_covariance(pose, kmat, points[inliers], pixels[inliers])

@@ -123,6 +123,35 @@ def test_far_off_coarse_pose_and_featureless_image_are_not_refined(scene: dict) 
         refine_pose(np.zeros((120, 160, 3), np.uint8), intr, gt, scene["map"])
 
 
+def test_the_shift_gate_follows_the_maps_scale(scene: dict) -> None:
+    """A map in SfM units (here the room's map at 10x): the default gate is a fraction of the map's
+    camera spread, so a coarse pose 3 units off (0.3 m at metric scale) is refined; a gate in
+    metres would refuse it as too far."""
+    from dataclasses import replace
+
+    from posenet_ros.refine import RefineConfig
+
+    metric = scene["map"]
+    poses = metric.poses.copy()
+    poses[:, :3] *= 10
+    scaled = replace(metric, poses=poses, points=metric.points * 10)
+    assert scaled.camera_spread == pytest.approx(10 * metric.camera_spread, rel=1e-12)
+    assert 3.0 < metric.camera_spread < 8.0  # two walks in the demo room's walk box
+    r = scene["tests"][2]
+    gt = r.pose()
+    gt10 = Pose(10 * gt.position, gt.quaternion)
+    coarse = perturbed(gt10, 3.0, 5.0, np.random.default_rng(3))
+    image, intr = rgb(scene["data"] / r.image), synth_intrinsics(SYNTH)
+    res = refine_pose(image, intr, coarse, scaled)
+    assert res.refined, res.reason
+    assert position_error(res.pose.position, gt10.position) <= 0.3  # 3 cm at metric scale
+    absolute = refine_pose(image, intr, coarse, scaled, RefineConfig(max_shift_m=1.0))
+    assert not absolute.refined and absolute.reason.startswith("refined pose is"), absolute.reason
+    assert "limits 1 /" in absolute.reason
+    tight = refine_pose(image, intr, coarse, scaled, RefineConfig(max_shift_frac=0.01))
+    assert not tight.refined and "0.01 x the map's camera spread" in tight.reason, tight.reason
+
+
 def test_map_of_another_scene_is_not_refined(scene: dict) -> None:
     other_cfg = SynthConfig(
         scene_seed=3, train_sequences=1, test_sequences=0, frames_per_sequence=20, width=320, height=240
