@@ -39,7 +39,7 @@ class Camera:
 
     @property
     def hfov_deg(self) -> float:
-        """Horizontal field of view of the whole image (pinhole; ``window_fov``)."""
+        """Horizontal field of view of the whole image, through the lens (``window_fov``)."""
         return window_fov(self, 0, 0, self.width, self.height)[0]
 
     @property
@@ -169,13 +169,46 @@ def camera_from_info(msg: Any, rectified: bool = False) -> tuple[Camera | None, 
     return Camera(width, height, float(k[0]), float(k[4]), float(k[2]), float(k[5]), tuple(d[:5].tolist())), ""
 
 
+def window_edges(camera: Camera, x0: float, y0: float, width: float, height: float) -> np.ndarray:
+    """Angles (degrees, outwards positive) from the optical axis to the left, right, top and bottom
+    edges of the window whose outer pixel edges are ``x0``..``x0 + width`` and ``y0``..``y0 +
+    height`` (pixel edges: the image is 0..W), measured along the principal point's row and column
+    through the lens's distortion: a barrel lens sees more than its matrix says."""
+    # Pixel centres sit at integers: an edge at e (pixel-edge coordinates) is at e - 0.5.
+    at = np.array(
+        [[x0 - 0.5, camera.cy], [x0 + width - 0.5, camera.cy], [camera.cx, y0 - 0.5], [camera.cx, y0 + height - 0.5]]
+    )
+    ideal = camera.undistort_pixels(at)
+    tangents = np.array(
+        [
+            (camera.cx - ideal[0, 0]) / camera.fx,
+            (ideal[1, 0] - camera.cx) / camera.fx,
+            (camera.cy - ideal[2, 1]) / camera.fy,
+            (ideal[3, 1] - camera.cy) / camera.fy,
+        ]
+    )
+    return np.degrees(np.arctan(tangents))
+
+
 def window_fov(camera: Camera, x0: float, y0: float, width: float, height: float) -> tuple[float, float]:
-    """Horizontal and vertical field of view (degrees) of the window whose outer pixel edges are
-    ``x0``..``x0 + width`` and ``y0``..``y0 + height`` (pixel edges: the image is 0..W)."""
-    u, v = camera.cx + 0.5, camera.cy + 0.5  # the principal point in pixel-edge coordinates
-    horizontal = math.atan((u - x0) / camera.fx) + math.atan((x0 + width - u) / camera.fx)
-    vertical = math.atan((v - y0) / camera.fy) + math.atan((y0 + height - v) / camera.fy)
-    return math.degrees(horizontal), math.degrees(vertical)
+    """Horizontal and vertical field of view (degrees) of that window (``window_edges``)."""
+    left, right, top, bottom = window_edges(camera, x0, y0, width, height)
+    return float(left + right), float(top + bottom)
+
+
+def _edge_pixels(camera: Camera, edges_deg: np.ndarray) -> np.ndarray:
+    """Pixel-edge coordinates (left x, right x, top y, bottom y) at which ``camera`` sees the four
+    edge angles of ``window_edges``, through its distortion."""
+    t = np.tan(np.radians(edges_deg))
+    rays = np.array([[-t[0], 0.0, 1.0], [t[1], 0.0, 1.0], [0.0, -t[2], 1.0], [0.0, t[3], 1.0]])
+    if camera.distortion:
+        import cv2
+
+        zero = np.zeros(3)
+        uv = cv2.projectPoints(rays, zero, zero, camera.matrix(), np.asarray(camera.distortion))[0].reshape(-1, 2)
+    else:
+        uv = np.stack([camera.cx + camera.fx * rays[:, 0], camera.cy + camera.fy * rays[:, 1]], axis=1)
+    return np.array([uv[0, 0], uv[1, 0], uv[2, 1], uv[3, 1]]) + 0.5
 
 
 def centre_crop_window(
@@ -190,25 +223,21 @@ def centre_crop_window(
 
 def view_window(live: Camera, trained: Camera) -> tuple[int, int, int, int]:
     """The window (x0, y0, width, height) of ``live``'s images that sees what ``trained``'s whole
-    image sees (pinhole: the edges' angles map linearly through the focal lengths), clamped to
-    ``live``'s image."""
-
-    def span(size: int, f: float, c: float, f_t: float, c_t: float, size_t: int) -> tuple[int, int]:
-        lo = max(0, round(c + 0.5 - f * (c_t + 0.5) / f_t))
-        hi = min(size, round(c + 0.5 + f * (size_t - 0.5 - c_t) / f_t))
-        return lo, max(hi - lo, 1)
-
-    x0, w = span(live.width, live.fx, live.cx, trained.fx, trained.cx, trained.width)
-    y0, h = span(live.height, live.fy, live.cy, trained.fy, trained.cy, trained.height)
-    return x0, y0, w, h
+    image sees (each edge's angle from the optical axis, through both lenses), clamped to ``live``'s
+    image."""
+    left, right, top, bottom = _edge_pixels(live, window_edges(trained, 0, 0, trained.width, trained.height))
+    x0, y0 = max(0, round(left)), max(0, round(top))
+    x1, y1 = min(live.width, round(right)), min(live.height, round(bottom))
+    return x0, y0, max(x1 - x0, 1), max(y1 - y0, 1)
 
 
 @dataclass(frozen=True)
 class FovCheck:
     """The live camera against the training camera, as the network sees them (its input window):
-    ``mismatch`` is the larger relative difference of the two axes' fields of view (after the crop,
-    where one is applied); ``window`` the crop of the live images that restores the training view
-    (None: none applied); ``warning``: a mismatch the crop did not fix, so poses are biased."""
+    ``mismatch`` is how far the furthest edge of the live view lies from the training view's,
+    relative to the training edge's angle from the optical axis (after the crop, where one is applied); ``window`` the
+    crop of the live images that restores the training view (None: none applied); ``warning``: a
+    mismatch the crop did not fix, so poses are biased."""
 
     live_fov: tuple[float, float]  # degrees, horizontal and vertical, of the network's input
     trained_fov: tuple[float, float] | None  # None: the model does not record its camera
@@ -222,37 +251,51 @@ def fov_check(
     live: Camera, trained: Camera | None, shortest_side: int, crop_width: int, crop_height: int, tolerance: float
 ) -> FovCheck:
     """Compare ``live`` with ``trained`` through the network's preprocessing (resize to
-    ``shortest_side``, centre crop); where the live view is wider by more than ``tolerance``
-    (relative) on an axis, crop the live images to the training camera's view (``view_window``)."""
+    ``shortest_side``, centre crop), edge by edge, so an off-centre principal point and a lens's
+    distortion count as a wider or narrower field of view does; where the live view reaches further
+    than ``tolerance`` (relative to the training view's angle there) past an edge, crop the live
+    images to the training camera's view (``view_window``)."""
 
-    def seen(cam: Camera) -> tuple[float, float]:
-        return window_fov(cam, *centre_crop_window(cam.width, cam.height, shortest_side, crop_width, crop_height))
+    def seen(cam: Camera) -> np.ndarray:
+        return window_edges(cam, *centre_crop_window(cam.width, cam.height, shortest_side, crop_width, crop_height))
 
-    def fmt(fov: tuple[float, float]) -> str:
-        return f"{fov[0]:.1f}x{fov[1]:.1f} deg"
+    def total(edges: np.ndarray) -> tuple[float, float]:
+        return float(edges[0] + edges[1]), float(edges[2] + edges[3])
 
-    def differs(a: tuple[float, float], b: tuple[float, float]) -> float:
-        return max(abs(x / y - 1.0) for x, y in zip(a, b, strict=True))
+    def fmt(edges: np.ndarray) -> str:
+        h, v = total(edges)
+        return f"{h:.1f}x{v:.1f} deg"
+
+    def outside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """How far each of a's edges lies past b's (negative: inside), relative to b's angle there."""
+        return (a - b) / b
 
     ours = seen(live)
     if trained is None:
-        return FovCheck(ours, None, 0.0, None, False, f"network sees {fmt(ours)}; the model records no training camera")
+        return FovCheck(
+            total(ours), None, 0.0, None, False, f"network sees {fmt(ours)}; the model records no training camera"
+        )
     theirs = seen(trained)
-    mismatch = differs(ours, theirs)
+    past = outside(ours, theirs)
+    mismatch = float(np.abs(past).max())
     if mismatch <= tolerance:
-        return FovCheck(ours, theirs, mismatch, None, False, f"network sees {fmt(ours)}, as in training")
-    if any(a > b * (1.0 + tolerance) for a, b in zip(ours, theirs, strict=True)):
+        return FovCheck(total(ours), total(theirs), mismatch, None, False, f"network sees {fmt(ours)}, as in training")
+    if past.max() > tolerance:
         window = view_window(live, trained)
         after = seen(live.cropped(*window))
-        left = differs(after, theirs)
+        left = float(np.abs(outside(after, theirs)).max())
         x0, y0, w, h = window
+        wider = "is wider than" if past.min() >= -tolerance else "reaches past"
         message = (
-            f"live view {fmt(ours)} is wider than training's {fmt(theirs)}: cropped to {w}x{h} at ({x0}, {y0}), "
+            f"live view {fmt(ours)} {wider} training's {fmt(theirs)}: cropped to {w}x{h} at ({x0}, {y0}), "
             f"network sees {fmt(after)}"
         )
-        return FovCheck(after, theirs, left, window, left > tolerance, message)
+        if left > tolerance:
+            message += f", still {left:.0%} off training's edges: poses are biased"
+        return FovCheck(total(after), total(theirs), left, window, left > tolerance, message)
+    narrower = "narrower than" if any(a < b for a, b in zip(total(ours), total(theirs), strict=True)) else "off"
     message = (
-        f"live view {fmt(ours)} is narrower than training's {fmt(theirs)} by {mismatch:.0%}: poses are biased "
-        "(a known failure of learned regressors); use a camera with the training field of view"
+        f"live view {fmt(ours)} is {narrower} training's {fmt(theirs)} by {mismatch:.0%} at an edge: poses are "
+        "biased (a known failure of learned regressors); use a camera with the training field of view"
     )
-    return FovCheck(ours, theirs, mismatch, None, True, message)
+    return FovCheck(total(ours), total(theirs), mismatch, None, True, message)

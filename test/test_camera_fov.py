@@ -11,7 +11,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from posenet_ros.camera import Camera, CameraError, camera_from_info, fov_check, view_window, window_fov
+from posenet_ros.camera import (
+    Camera,
+    CameraError,
+    camera_from_info,
+    fov_check,
+    view_window,
+    window_edges,
+    window_fov,
+)
 from posenet_ros.contract import Contract, ContractError
 from posenet_ros.engine import Engine, EngineConfig
 from posenet_ros.export import rewrite_contract
@@ -69,6 +77,45 @@ def test_a_narrower_view_is_a_warning_without_a_crop() -> None:
     result = check(pinhole(320, 240, 50.0))
     assert result.window is None and result.warning and result.mismatch > 0.2
     assert "narrower" in result.message and "biased" in result.message
+
+
+def test_edge_angles_go_through_the_lens() -> None:
+    """A barrel lens sees more than its matrix says: each edge angle, projected back through the
+    lens (OpenCV's model), lands on that edge of the image."""
+    import cv2
+
+    lens = Camera(320, 240, 250.0, 250.0, 161.0, 118.0, (-0.3, 0.08, 0.001, -0.002))
+    edges = window_edges(lens, 0, 0, 320, 240)
+    assert lens.hfov_deg > lens.pinhole().hfov_deg + 5  # the barrel widens the view
+    t = np.tan(np.radians(edges))
+    rays = np.array([[-t[0], 0, 1], [t[1], 0, 1], [0, -t[2], 1], [0, t[3], 1]])
+    uv = cv2.projectPoints(rays, np.zeros(3), np.zeros(3), lens.matrix(), np.asarray(lens.distortion))[0][:, 0]
+    np.testing.assert_allclose([uv[0, 0], uv[1, 0], uv[2, 1], uv[3, 1]], [-0.5, 319.5, -0.5, 239.5], atol=1e-3)
+    assert view_window(lens, lens) == (0, 0, 320, 240)
+
+
+def test_a_barrel_lens_with_the_training_matrix_is_cropped_to_the_training_view() -> None:
+    """The pinhole check said 'as in training' for a lens with the training camera's matrix; its
+    distortion widens the view, so it is cropped back."""
+    lens = Camera(TRAINED.width, TRAINED.height, TRAINED.fx, TRAINED.fy, TRAINED.cx, TRAINED.cy, (-0.35, 0.1))
+    result = check(lens)
+    assert result.window is not None and result.mismatch < 0.05, result.message
+    assert check(lens.pinhole()).window is None
+
+
+def test_an_off_centre_principal_point_is_caught_at_the_edge_it_moves() -> None:
+    """The same field of view with the principal point 12% of the width off-centre: the totals
+    agree, the edges do not; the crop re-centres the view on the training one."""
+    shifted = Camera(TRAINED.width, TRAINED.height, TRAINED.fx, TRAINED.fy, TRAINED.cx + 30, TRAINED.cy)
+    result = check(shifted)
+    assert abs(result.live_fov[0] - check(TRAINED).live_fov[0]) < 1.0  # the totals alone pass
+    assert result.window is not None and "reaches past" in result.message
+    assert result.mismatch > 0.05 and result.warning  # the crop cannot widen the short side
+    assert "still" in result.message and "biased" in result.message
+    # A wider camera, off-centre as well: the crop restores the training view on every edge.
+    wide = Camera(640, 480, TRAINED.fx, TRAINED.fy, 340.0, 230.0)
+    fixed = check(wide)
+    assert fixed.window is not None and not fixed.warning and fixed.mismatch < 0.05, fixed.message
 
 
 def test_a_model_without_a_training_camera_crops_nothing() -> None:
