@@ -135,7 +135,9 @@ class RelocalizerNode(Node):
         # The newest CameraInfo's camera (set by the subscription, applied by the worker: the engine
         # is only ever touched from the worker thread) and what was wrong with the last one.
         self._camera_info: Camera | None = None
+        self._camera_info_frame = ""  # its header.frame_id: a camera's CameraInfo and images share it
         self._camera_info_problem = "" if s.camera_info_topic else "not subscribed (camera_info_topic empty)"
+        self._camera_info_mismatch = ""  # set by the worker: the CameraInfo is another frame's
         if s.camera_info_topic:
             self.create_subscription(CameraInfo, s.camera_info_topic, self._on_camera_info, SENSOR_QOS)
         if s.compressed:
@@ -204,7 +206,21 @@ class RelocalizerNode(Node):
             return
         if camera != self._camera_info:  # the same calibration at the camera's rate: keep the object
             self._camera_info = camera
+        self._camera_info_frame = msg.header.frame_id
         self._camera_info_problem = ""
+
+    def _usable_camera_info(self, image_frame: str) -> Camera | None:
+        """The newest CameraInfo's camera unless it names another frame than the images (a topic
+        remapped to another camera's calibration): then none, with a warning once per pairing."""
+        camera, info_frame = self._camera_info, self._camera_info_frame
+        if camera is None or not info_frame or not image_frame or info_frame == image_frame:
+            self._camera_info_mismatch = ""
+            return camera
+        why = f"CameraInfo is for frame {info_frame!r}, the images for {image_frame!r}: ignored"
+        if why != self._camera_info_mismatch:
+            self.get_logger().warning(f"{why} (check the camera_info_topic remapping)")
+        self._camera_info_mismatch = why
+        return None
 
     def _run_worker(self) -> None:
         try:
@@ -234,8 +250,9 @@ class RelocalizerNode(Node):
             mount = self._lookup_mount(s.base_frame, camera)
             if mount is None and s.pose_of_base:
                 return False  # counted and logged by _lookup_mount; no point running the network
-        if self._camera_info is not self.engine.live_camera:
-            self.engine.set_camera(self._camera_info)
+        live = self._usable_camera_info(frame.frame_id)
+        if live is not self.engine.live_camera:
+            self.engine.set_camera(live)
         now_ns = self.get_clock().now().nanoseconds
         outcome = localize_frame(self.engine, s, self.converter.decode, frame, now_ns, self.stats, self.refine_gate)
         if outcome.status != PUBLISHED:
@@ -339,7 +356,7 @@ class RelocalizerNode(Node):
             self.settings.latency_budget_ms,
             worker_error,
             self.stats.last_drop_reason,
-            fov.message if fov is not None and fov.warning else "",
+            self._camera_info_mismatch or (fov.message if fov is not None and fov.warning else ""),
         )
         status = DiagnosticStatus()
         status.level = bytes([level])
@@ -352,7 +369,10 @@ class RelocalizerNode(Node):
         extra["precision_reason"] = e.precision_reason  # precision auto's choice and its figures
         extra |= {"model_scene": c.scene.name, "contract_version": c.version}
         extra["camera_info"] = (
-            self._camera_info_problem or e.camera_mismatch or ("received" if self._camera_info else "none received yet")
+            self._camera_info_problem
+            or self._camera_info_mismatch
+            or e.camera_mismatch
+            or ("received" if self._camera_info else "none received yet")
         )
         if fov is not None:
             extra["field_of_view"] = fov.message

@@ -735,4 +735,17 @@ def test_camera_info_gives_refinement_its_intrinsics_and_the_field_of_view_check
         lambda: diags and latest_status(diags)[0] == 1 and latest_status(diags), what="/diagnostics WARN"
     )
     assert "narrower" in message and "narrower" in values["field_of_view"]
+    # Another camera's calibration (a wrong remapping): its frame_id is not the images'. Ignored,
+    # with the reason in /diagnostics and the log; the field-of-view warning was that camera's.
+    stamp += 100_000_000
+    info_pub.publish(camera_info_msg(wide, stamp, frame="rear_camera_optical"))
+    time.sleep(0.5)
+    send_until(pub, image_msg(stamp, pixels=render.render(next(iter(truth.values())))[0]), covs)
+    level, message, values = wait_for(
+        lambda: diags and "rear_camera_optical" in latest_status(diags)[2]["camera_info"] and latest_status(diags),
+        what="/diagnostics naming the other camera's frame",
+    )
+    assert level == 1 and "ignored" in message and "'camera_optical'" in values["camera_info"], values
+    assert "narrower" not in values.get("field_of_view", "")
     assert_clean_exit(node, signal.SIGINT)
+    assert "check the camera_info_topic remapping" in node.output
