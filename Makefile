@@ -94,12 +94,12 @@ demo: setup
 # `make update-demo-model` copies the result over it, explicitly): render the benchmark's nuisances
 # over the whole room (synth --preset room-demo), train with colour jitter, export with Monte Carlo
 # dropout, calibrate both uncertainty modes on the val split, evaluate on make demo's test frames.
-# CPU configuration (input 112, 2200 steps); see models/README.md for its measured accuracy and time.
+# CPU configuration (input 112, 4400 steps); see models/README.md for its measured accuracy and time.
 DEMO := out/demo
 demo-model: setup
 	$(VENV)/bin/posenet-train synth --out $(DEMO)/data --preset room-demo --only train
 	$(VENV)/bin/posenet-train fit $(DEMO)/data/train --out $(DEMO)/run --input-size 112 --resize-shortest-side 128 \
-	    --final-fc-dim 1024 --steps 2200 --batch-size 32 --lr 1e-3 --learn-weighting --pretrained none --color-jitter 0.2 \
+	    --final-fc-dim 1024 --steps 4400 --batch-size 32 --lr 1e-3 --learn-weighting --pretrained none --color-jitter 0.2 \
 	    --eval-every 250 --eval-images 96 --checkpoint-every 250 --scene-name synthetic_room --no-progress \
 	    --mc-dropout --export $(DEMO)/posenet_demo_uncalibrated.pt
 	$(VENV)/bin/posenet-train calibrate $(DEMO)/posenet_demo_uncalibrated.pt $(DEMO)/data/train --mode crops \

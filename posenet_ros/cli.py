@@ -146,19 +146,23 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_intrinsics(text: str) -> tuple[float, float, float, float, int, int]:
-    """--intrinsics fx,fy,cx,cy,width,height: positive focal lengths, whole positive sizes."""
+def _parse_intrinsics(text: str) -> tuple[float, ...]:
+    """--intrinsics fx,fy,cx,cy,width,height[,k1,k2,p1,p2[,k3]]: positive focal lengths, whole
+    positive sizes, then OpenCV's distortion coefficients where the lens has them."""
     parts = [p.strip() for p in text.split(",")]
     try:
         values = [float(p) for p in parts]
     except ValueError:
         values = []
-    if len(values) != 6 or not all(math.isfinite(v) for v in values):
-        raise UsageError(f"--intrinsics must be fx,fy,cx,cy,width,height (six numbers), got {text!r}")
-    fx, fy, cx, cy, w, h = values
+    if not 6 <= len(values) <= 11 or not all(math.isfinite(v) for v in values):
+        raise UsageError(
+            f"--intrinsics must be fx,fy,cx,cy,width,height and up to five distortion coefficients "
+            f"k1,k2,p1,p2,k3 (6 to 11 numbers), got {text!r}"
+        )
+    fx, fy, cx, cy, w, h, *distortion = values
     if fx <= 0 or fy <= 0 or w < 1 or h < 1 or w != int(w) or h != int(h):
         raise UsageError(f"--intrinsics needs fx, fy > 0 and a whole width and height >= 1, got {text!r}")
-    return fx, fy, cx, cy, int(w), int(h)
+    return (fx, fy, cx, cy, int(w), int(h), *distortion)
 
 
 def _cmd_live(args: argparse.Namespace) -> int:
@@ -347,8 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument(
         "--intrinsics",
-        metavar="FX,FY,CX,CY,W,H",
-        help="with --map: the bag camera's pinhole intrinsics in pixels (default: the map's camera)",
+        metavar="FX,FY,CX,CY,W,H[,K1,K2,P1,P2[,K3]]",
+        help="with --map: the bag camera's intrinsics in pixels and OpenCV distortion coefficients, e.g. where the "
+        "recording has no CameraInfo (default: the recording's CameraInfo, else the map's camera)",
     )
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
     rp.set_defaults(func=_cmd_replay)

@@ -513,7 +513,7 @@ class EngineConfig:
     # built from images of the same camera model as the incoming ones. Frames of another size with
     # the same aspect get the intrinsics scaled to their size. ``Engine.set_camera`` (the node's
     # CameraInfo) replaces it.
-    intrinsics: tuple[float, float, float, float, int, int] | Camera | None = None
+    intrinsics: tuple[float, ...] | Camera | None = None  # fx, fy, cx, cy, w, h[, distortion]
     refine_config: RefineConfig = field(default_factory=RefineConfig)
     # A live camera (``set_camera``) whose network view differs from the training camera's by more
     # than this fraction is reported, and cropped to the training view where it is wider.
@@ -531,17 +531,22 @@ class EngineStats:
 
 
 def intrinsics_of(value: tuple | list | Camera, where: str = "intrinsics") -> Camera:
-    """A ``Camera`` from a Camera or (fx, fy, cx, cy, width, height); one-line EngineError."""
+    """A ``Camera`` from a Camera or (fx, fy, cx, cy, width, height[, up to five OpenCV distortion
+    coefficients]); one-line EngineError."""
     if isinstance(value, Camera):
         k = value
     else:
         try:
-            fx, fy, cx, cy, w, h = (float(v) for v in value)
+            fx, fy, cx, cy, w, h, *distortion = (float(v) for v in value)
+            if len(distortion) > 5:
+                raise ValueError
         except (TypeError, ValueError):
-            raise EngineError(f"{where} must be fx, fy, cx, cy, width, height (six numbers), got {value!r}") from None
+            raise EngineError(
+                f"{where} must be fx, fy, cx, cy, width, height and up to five distortion coefficients, got {value!r}"
+            ) from None
         if w != int(w) or h != int(h):
             raise EngineError(f"{where}: width and height must be whole pixels, got {w:g} x {h:g}")
-        k = Camera(int(w), int(h), fx, fy, cx, cy)
+        k = Camera(int(w), int(h), fx, fy, cx, cy, tuple(distortion))
     try:
         return k.check(where)
     except CameraError as exc:

@@ -103,7 +103,7 @@ class ReplayConfig:
     # Refinement against a 3D map (None: none); intrinsics (fx, fy, cx, cy, width, height) of the
     # bag's camera, None: the map's camera (EngineConfig.intrinsics).
     map_path: Path | None = None
-    intrinsics: tuple[float, float, float, float, int, int] | None = None
+    intrinsics: tuple[float, ...] | None = None
 
 
 @dataclass

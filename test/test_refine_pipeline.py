@@ -138,6 +138,9 @@ def test_intrinsics_scale_with_the_image_and_other_aspects_are_refused(room: dic
     assert scaled == pytest.approx(k.to_dict(), abs=1e-9)
     loc = other.localize(image, "bgr8")
     assert loc.refined and within(loc.pose, r.pose()), loc.refine_reason
+    # A lens given with its distortion keeps it (replay --intrinsics with coefficients).
+    lens = Engine(MODEL, dataclasses.replace(CPU, map_path=room["map_path"], intrinsics=(*given, -0.05, 0.01)))
+    assert lens.intrinsics_for(256, 192).distortion == (-0.05, 0.01, 0.0, 0.0)
 
 
 def test_map_of_another_scene_and_bad_settings_are_refused_in_one_line(room: dict, tmp_path: Path) -> None:
@@ -240,7 +243,8 @@ def test_replay_without_a_map_is_unchanged(replays: dict, tmp_path: Path, capsys
     for extra, message in (
         (["--intrinsics", "200,200,127.5,95.5,256,192"], "--intrinsics are refinement's camera and need --map"),
         (["--map", str(tmp_path / "none.npz")], "no such map file"),
-        (["--map", str(replays["report"] / "summary.json"), "--intrinsics", "1,2,3"], "six numbers"),
+        (["--map", str(replays["report"] / "summary.json"), "--intrinsics", "1,2,3"], "6 to 11 numbers"),
+        (["--map", str(replays["report"] / "summary.json"), "--intrinsics", ",".join(["1"] * 12)], "6 to 11 numbers"),
     ):
         code = ros_main(["replay", bag, "--model", str(MODEL), "--device", "cpu", "--no-progress", *extra])
         err = capsys.readouterr().err
