@@ -278,12 +278,13 @@ def read_cameras_json(folder: str | Path) -> DatasetCameras | None:
     return DatasetCameras(cameras, dict(images), str(doc.get("source", "")))
 
 
-def dataset_camera(folder: str | Path) -> Camera | None:
+def dataset_camera(folder: str | Path, cameras: DatasetCameras | None = None) -> Camera | None:
     """The one camera of a data set folder: ``cameras.json``'s where every image shares it, else the
     synthetic renderer's ``scene.json`` (width, height and the 3x3 matrix); None where neither says
-    (or the images have different cameras). A broken file is one DatasetError line."""
+    (or the images have different cameras). A broken file is one DatasetError line. ``cameras``:
+    the folder's ``cameras.json`` where the caller has read it already."""
     folder = Path(folder)
-    cameras = read_cameras_json(folder)
+    cameras = cameras if cameras is not None else read_cameras_json(folder)
     if cameras is not None:
         return cameras.single()
     path = folder / "scene.json"

@@ -208,7 +208,8 @@ def refine_predictions(
     from posenet_ros.geometry import Pose
     from posenet_train.datasets import dataset_camera, read_cameras_json
 
-    cameras, shared = read_cameras_json(root), dataset_camera(root)  # shared: None for several cameras
+    cameras = read_cameras_json(root)
+    shared = dataset_camera(root, cameras)  # None for several cameras
     out, ms, inliers, reasons = pred.copy(), [], [], Counter()
     for i, r in enumerate(query):
         own = cameras.camera_for(r.image) if cameras is not None else None

@@ -101,7 +101,7 @@ def dataset_intrinsics(folder: str | Path) -> Camera:
     folder = Path(folder)
     try:
         cameras = read_cameras_json(folder)
-        cam = dataset_camera(folder)
+        cam = dataset_camera(folder, cameras)
     except DatasetError as exc:
         raise MapError(f"{exc}; refinement needs the intrinsics") from None
     where = str(folder / CAMERAS_FILE)
