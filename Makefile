@@ -93,11 +93,13 @@ demo: setup
 # Retrain the demo model from nothing into out/demo (the bundled models/posenet_demo.pt is untouched;
 # `make update-demo-model` copies the result over it, explicitly): render the benchmark's nuisances
 # over the whole room (synth --preset room-demo), train with colour jitter, export with Monte Carlo
-# dropout, calibrate both uncertainty modes on the val split, evaluate on make demo's test frames.
+# dropout, calibrate both uncertainty modes on the val split, evaluate on make demo's test frames
+# (accuracy against the nearest-neighbour baseline; each uncertainty mode, the perturbed frames as
+# out-of-distribution).
 # CPU configuration (input 112, 4400 steps); see models/README.md for its measured accuracy and time.
 DEMO := out/demo
 demo-model: setup
-	$(VENV)/bin/posenet-train synth --out $(DEMO)/data --preset room-demo --only train
+	$(VENV)/bin/posenet-train synth --out $(DEMO)/data --preset room-demo --only train test-perturbed
 	$(VENV)/bin/posenet-train fit $(DEMO)/data/train --out $(DEMO)/run --input-size 112 --resize-shortest-side 128 \
 	    --final-fc-dim 1024 --steps 4400 --batch-size 32 --lr 1e-3 --learn-weighting --pretrained none --color-jitter 0.2 \
 	    --eval-every 250 --eval-images 96 --checkpoint-every 250 --scene-name synthetic_room --no-progress \
@@ -109,6 +111,8 @@ demo-model: setup
 	$(VENV)/bin/posenet-train synth --out $(DEMO)/test --train-sequences 0 --test-sequences 2 --val-sequences 0 \
 	    --frames 200 --width 256 --height 192 --heading-spread 50
 	$(VENV)/bin/posenet-train eval $(DEMO)/posenet_demo.pt $(DEMO)/test --baseline-data $(DEMO)/data/train --out $(DEMO)/eval
+	for m in mc_dropout crops; do $(VENV)/bin/posenet-train eval $(DEMO)/posenet_demo.pt $(DEMO)/test --no-baseline \
+	    --uncertainty --mode $$m --ood $(DEMO)/data/test-perturbed --out $(DEMO)/eval-$$m || exit 1; done
 
 # The demo model's recipe plus colour jitter, trained on the synthetic benchmark (docs/training.md,
 # "A synthetic benchmark"; measured in models/README.md): render, train, evaluate on its three test sets.
