@@ -17,6 +17,7 @@ This module and ``node.py`` are the only ones that import ROS 2.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import signal
@@ -411,6 +412,14 @@ def _count(diagnostics: dict[str, str], key: str) -> int | None:
         return None
 
 
+def _number(diagnostics: dict[str, str], key: str) -> float | None:
+    try:
+        value = float(diagnostics[key])
+    except (KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _summarize(
     cfg: LiveConfig,
     topic: str,
@@ -453,7 +462,14 @@ def _summarize(
     }
     attempts = _count(diagnostics, "refine_attempts")
     if attempts:  # a node with a map: what it refined (replay's refinement has per-frame figures)
-        summary["node_refinement"] = {"attempts": attempts, "refined": _count(diagnostics, "refined") or 0}
+        summary["node_refinement"] = {
+            "attempts": attempts,
+            "refined": _count(diagnostics, "refined") or 0,
+            # Over the node's recent refinements (its diagnostics window), NaN before any.
+            "inliers_median": _number(diagnostics, "refine_inliers_median"),
+            "latency_p50_ms": _number(diagnostics, "refine_latency_p50_ms"),
+            "latency_p95_ms": _number(diagnostics, "refine_latency_p95_ms"),
+        }
     if truth is not None:
         summary.update(accuracy_summary(truth.source, done, contract))
     return summary

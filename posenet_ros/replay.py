@@ -506,10 +506,16 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
     node_ref = summary.get("node_refinement")
     if node_ref is not None:
         rate = node_ref["refined"] / node_ref["attempts"]
-        lines.append(
+        line = (
             f"refinement (the node's /diagnostics): refined {node_ref['refined']} of {node_ref['attempts']} "
             f"frames ({rate:.1%})"
         )
+        if node_ref.get("inliers_median") is not None:
+            line += f", median {node_ref['inliers_median']:.0f} inliers"
+        if node_ref.get("latency_p50_ms") is not None:
+            line += f"; recent refinement latency p50 {node_ref['latency_p50_ms']:.1f} ms, "
+            line += f"p95 {node_ref['latency_p95_ms']:.1f} ms"
+        lines.append(line)
     if summary.get("overruns"):
         lines.append(f"latency budget {summary['latency_budget_ms']:g} ms overrun by {summary['overruns']} frames")
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]

@@ -192,4 +192,5 @@ def test_live_with_a_map_reports_the_nodes_refinement_and_refined_accuracy(bed: 
     assert refinement["attempts"] >= summary["frames_processed"] >= 12
     assert refinement["refined"] >= 0.75 * refinement["attempts"]
     assert f"refined {refinement['refined']} of {refinement['attempts']} frames" in output
+    assert refinement["inliers_median"] >= 20 and refinement["latency_p95_ms"] >= refinement["latency_p50_ms"] > 0
     assert summary["errors"]["median_position_m"] < 0.05  # PoseNet alone: about 0.23 m

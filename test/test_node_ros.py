@@ -671,6 +671,8 @@ def test_poses_refined_against_a_map_are_centimetre_accurate(
         what="/diagnostics counting every frame's refinement",
     )
     assert int(values["refined"]) >= 0.75 * len(truth)
+    assert float(values["refine_inliers_median"]) >= 20 and float(values["refine_latency_p50_ms"]) > 0
+    assert float(values["refine_latency_p95_ms"]) >= float(values["refine_latency_p50_ms"])
     assert "refinement against" in node.output
     assert_clean_exit(node, signal.SIGINT)
 

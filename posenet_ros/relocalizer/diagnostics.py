@@ -41,6 +41,9 @@ class NodeStats:
         self.uncertainty_score_last: float | None = None  # position std / the model's calibrated reference
         self.last_drop_reason = ""
         self._latency_ms: deque[float] = deque(maxlen=window)
+        # The recent refinements: their time, and the inliers of the accepted ones.
+        self._refine_ms: deque[float] = deque(maxlen=window)
+        self._refine_inliers: deque[int] = deque(maxlen=window)
         self._crops: deque[int] = deque(maxlen=window)
         self._publish_times: deque[float] = deque(maxlen=window)
         self._receive_times: deque[float] = deque(maxlen=max(window, 600))
@@ -61,6 +64,10 @@ class NodeStats:
             self.published += 1
             self.refine_attempts += int(loc.refine_attempted)
             self.refined += int(loc.refined)
+            if loc.refine_attempted:
+                self._refine_ms.append(loc.refine_ms)
+            if loc.refined:
+                self._refine_inliers.append(loc.inliers)
             self.position_std_last = position_std_m
             self.uncertainty_score_last = loc.uncertainty_score
             self.overruns += int(loc.overrun)
@@ -97,11 +104,19 @@ class NodeStats:
                 "tf_conflicts": self.tf_conflicts,
                 "refine_attempts": self.refine_attempts,
                 "refined": self.refined,
+                # Over the last refinements (NaN: none yet).
+                "refine_latency_p50_ms": _percentile(self._refine_ms, 50),
+                "refine_latency_p95_ms": _percentile(self._refine_ms, 95),
+                "refine_inliers_median": _percentile(self._refine_inliers, 50),
                 "position_std_last_m": self.position_std_last if self.position_std_last is not None else float("nan"),
                 "uncertainty_score_last": (
                     self.uncertainty_score_last if self.uncertainty_score_last is not None else float("nan")
                 ),
             }
+
+
+def _percentile(values: deque, q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if values else float("nan")
 
 
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
