@@ -235,9 +235,9 @@ def view_window(live: Camera, trained: Camera) -> tuple[int, int, int, int]:
 class FovCheck:
     """The live camera against the training camera, as the network sees them (its input window):
     ``mismatch`` is how far the furthest edge of the live view lies from the training view's,
-    relative to the training edge's angle from the optical axis (after the crop, where one is applied); ``window`` the
-    crop of the live images that restores the training view (None: none applied); ``warning``: a
-    mismatch the crop did not fix, so poses are biased."""
+    relative to half the training field of view on that axis (after the crop, where one is
+    applied); ``window`` the crop of the live images that restores the training view (None: none
+    applied); ``warning``: a mismatch the crop did not fix, so poses are biased."""
 
     live_fov: tuple[float, float]  # degrees, horizontal and vertical, of the network's input
     trained_fov: tuple[float, float] | None  # None: the model does not record its camera
@@ -253,7 +253,7 @@ def fov_check(
     """Compare ``live`` with ``trained`` through the network's preprocessing (resize to
     ``shortest_side``, centre crop), edge by edge, so an off-centre principal point and a lens's
     distortion count as a wider or narrower field of view does; where the live view reaches further
-    than ``tolerance`` (relative to the training view's angle there) past an edge, crop the live
+    than ``tolerance`` (of half the training field of view on that axis) past an edge, crop the live
     images to the training camera's view (``view_window``)."""
 
     def seen(cam: Camera) -> np.ndarray:
@@ -267,8 +267,10 @@ def fov_check(
         return f"{h:.1f}x{v:.1f} deg"
 
     def outside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """How far each of a's edges lies past b's (negative: inside), relative to b's angle there."""
-        return (a - b) / b
+        """How far each of a's edges lies past b's (negative: inside), relative to half b's field of
+        view on that axis (the edge's own angle for a centred principal point, and never zero)."""
+        h, v = total(b)
+        return 2.0 * (a - b) / np.array([h, h, v, v])
 
     ours = seen(live)
     if trained is None:

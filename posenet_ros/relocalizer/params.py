@@ -72,8 +72,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "fov_tolerance",
         0.05,
-        "how far an edge of the live view may lie from the training camera's (relative to its angle) before it "
-        "is reported (and cropped where wider)",
+        "how far an edge of the live view may lie from the training camera's (relative to half its field of view) "
+        "before it is reported (and cropped where wider)",
         read_only=True,
         range=(0.0, 1.0),
     ),
