@@ -287,6 +287,14 @@ def info_lines(path: Path, contract: Any, quantization: dict[str, Any] | None) -
         f"  uncertainty    modes {', '.join(contract.uncertainty_modes)}; calibrated: "
         + (", ".join(sorted(contract.calibration)) or "none"),
     ]
+    cam = contract.camera
+    lines.append(
+        f"  camera         {cam.width}x{cam.height}, fx {cam.fx:.1f} fy {cam.fy:.1f}, cx {cam.cx:.1f} cy {cam.cy:.1f}"
+        f"{', distortion ' + _numbers(cam.distortion, 4) if cam.distortion else ''}; field of view "
+        f"{cam.hfov_deg:.1f} x {cam.vfov_deg:.1f} deg"
+        if cam is not None
+        else "  camera         not recorded (the node checks no field of view)"
+    )
     data = train.get("data") if isinstance(train.get("data"), dict) else None
     if data:
         lines.append(

@@ -94,6 +94,24 @@ def test_info_prints_a_summary_and_with_json_the_whole_contract(tiny_file, capsy
     assert main(["info", "--json", str(tiny_file[0])]) == 0
     data = json.loads(capsys.readouterr().out)  # the whole output is one JSON document
     assert data["scene"]["name"] == "test_scene" and data["quantization"] is None
+    assert "camera         not recorded" in text  # the fixture's contract has no training camera
+
+
+def test_info_shows_the_training_camera_and_its_field_of_view(tiny_file, tmp_path: Path, capsys) -> None:
+    import dataclasses
+
+    from conftest import small_contract
+
+    from posenet_ros.camera import Camera
+    from posenet_ros.export import rewrite_contract
+
+    camera = Camera(256, 192, 200.92, 200.92, 127.5, 95.5, (-0.1, 0.02))
+    contract = dataclasses.replace(small_contract(), camera=camera)
+    path = rewrite_contract(tiny_file[0], tmp_path / "with_camera.pt", contract)
+    assert main(["info", str(path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  camera"))
+    assert "256x192, fx 200.9 fy 200.9, cx 127.5 cy 95.5, distortion -0.1000 0.0200 0.0000 0.0000" in line
+    assert f"field of view {camera.hfov_deg:.1f} x {camera.vfov_deg:.1f} deg" in line
 
 
 def test_info_on_a_bad_file_is_one_line_error(tmp_path: Path, capsys) -> None:
