@@ -10,7 +10,7 @@ ROS_STAMP := $(VENV)/.ros2-installed
 ROS_ENV   := source $(VENV)/ros2/env.sh &&
 VENV_FLAGS := $(if $(ROS_DISTRO),--system-site-packages)
 
-.PHONY: setup test lint pytest colcon-check ros-package demo demo-model benchmark-model update-demo-model bench bench-node-memory fuzz uncertainty-experiment clean
+.PHONY: setup test lint pytest colcon-check ros-package demo bench-refine demo-model benchmark-model update-demo-model bench bench-node-memory fuzz uncertainty-experiment clean
 
 setup: $(STAMP) $(ROS_STAMP)
 
@@ -61,6 +61,12 @@ bench-node-memory: ros-package
 # without odometry, refining against the map) and play the recording to it over DDS in real time
 # with /clock; both print accuracy and latency and write a report.
 DEMO_OUT := out/demo_run
+# The demo room's 3D map in $(1)/room_map.npz: 400 views along the bundled model's training walks.
+define room_map
+$(VENV)/bin/posenet-train synth --out $(1)/map_images --train-sequences 16 --test-sequences 0 \
+	    --val-sequences 0 --frames 25 --width 256 --height 192 --heading-spread 50
+	$(VENV)/bin/posenet-train map $(1)/map_images --out $(1)/room_map.npz --max-size 256 --max-features 1000
+endef
 # Its own log folder, and a domain of its own unless one is set: other ROS 2 processes may run here.
 DEMO_ROS := export ROS_LOG_DIR=$(CURDIR)/$(DEMO_OUT)/ros_log ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST \
 	ROS_DOMAIN_ID=$${ROS_DOMAIN_ID:-$$((100 + RANDOM % 100))} &&
@@ -77,9 +83,7 @@ demo: setup
 	$(VENV)/bin/posenet-train synth --out $(DEMO_OUT)/scene --train-sequences 0 --test-sequences 2 --val-sequences 0 \
 	    --frames 200 --width 256 --height 192 --heading-spread 50
 	$(VENV)/bin/posenet-train to-bag $(DEMO_OUT)/scene --out $(DEMO_OUT)/camera_bag --storage mcap --rate 10
-	$(VENV)/bin/posenet-train synth --out $(DEMO_OUT)/map_images --train-sequences 16 --test-sequences 0 \
-	    --val-sequences 0 --frames 25 --width 256 --height 192 --heading-spread 50
-	$(VENV)/bin/posenet-train map $(DEMO_OUT)/map_images --out $(DEMO_OUT)/room_map.npz --max-size 256 --max-features 1000
+	$(call room_map,$(DEMO_OUT))
 	$(VENV)/bin/posenet-ros replay $(DEMO_OUT)/camera_bag --model models/posenet_demo.pt --device cpu \
 	    --map $(DEMO_OUT)/room_map.npz --gt-frames map camera_optical --out $(DEMO_OUT)/poses_bag \
 	    --report $(DEMO_OUT)/report
@@ -89,6 +93,20 @@ demo: setup
 	    --launch-arg tf_mode:=map_to_base --launch-arg device:=cpu --launch-arg map:=$(CURDIR)/$(DEMO_OUT)/room_map.npz \
 	    --gt-frames map base_link \
 	    --node-log $(DEMO_OUT)/node.log --report $(DEMO_OUT)/live_report
+
+# Issue 17's latency target: a 640x480 walk of the demo room (100 frames), replayed through the
+# bundled model alone and with refinement against the demo's map; both print latency and accuracy.
+BENCH_REFINE := out/bench_refine
+bench-refine: setup
+	rm -rf $(BENCH_REFINE)
+	$(call room_map,$(BENCH_REFINE))
+	$(VENV)/bin/posenet-train synth --out $(BENCH_REFINE)/walk640 --train-sequences 0 --test-sequences 1 \
+	    --val-sequences 0 --frames 100 --width 640 --height 480 --heading-spread 50
+	$(VENV)/bin/posenet-train to-bag $(BENCH_REFINE)/walk640 --out $(BENCH_REFINE)/bag640 --storage mcap
+	$(VENV)/bin/posenet-ros replay $(BENCH_REFINE)/bag640 --model models/posenet_demo.pt --device cpu --no-progress \
+	    --gt-frames map camera_optical
+	$(VENV)/bin/posenet-ros replay $(BENCH_REFINE)/bag640 --model models/posenet_demo.pt --device cpu --no-progress \
+	    --map $(BENCH_REFINE)/room_map.npz --gt-frames map camera_optical --report $(BENCH_REFINE)/report
 
 # Retrain the demo model from nothing into out/demo (the bundled models/posenet_demo.pt is untouched;
 # `make update-demo-model` copies the result over it, explicitly): render the benchmark's nuisances
