@@ -55,7 +55,7 @@ bench-node-memory: ros-package
 
 # The main job on the bundled demo model: record its scene's test trajectory as a rosbag2 (images
 # plus ground-truth TF, rendered here with the training run's seeds), build a 3D map of the room from
-# 400 views along the training walks (about 25 s, 17 MB), replay the recording through the model and
+# 400 views along the training walks (about 15 s, 16.5 MB), replay the recording through the model and
 # the map offline as the node would (coarse and refined side by side), then do it for real: build
 # the package with colcon, start the node with ros2 launch (use_sim_time, map_to_base as on a robot
 # without odometry, refining against the map) and play the recording to it over DDS in real time
