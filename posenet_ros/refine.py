@@ -13,9 +13,9 @@ here, so the builder and the robot agree) and the query side:
 4. PnP in RANSAC (OpenCV, AP3P minimal solver), Levenberg-Marquardt refinement on the inliers,
    inliers re-collected at the refined pose and refined once more.
 5. Accepted when there are ``min_inliers`` inliers and the refined pose is within the shift limit
-   (``max_shift_frac`` of the map's camera spread, so SfM units and large scenes scale with it, or
-   ``max_shift_m``) and ``max_shift_deg`` of the coarse one; otherwise the coarse pose comes back with ``refined`` False
-   and a one-line ``reason``.
+   (``max_shift_frac`` of the map's scale, so SfM units and large scenes scale with it, or
+   ``max_shift_m``) and ``max_shift_deg`` of the coarse one; otherwise the coarse pose comes back
+   with ``refined`` False and a one-line ``reason``.
 
 Poses follow docs/architecture.md: camera-to-map, OpenCV optical axes, quaternions (w, x, y, z),
 w >= 0. PnP solves the world-to-camera transform and is inverted here. Pixel coordinates follow
@@ -180,6 +180,15 @@ class SceneMap:
             default=0.0,
         )
 
+    @cached_property
+    def scale(self) -> float:
+        """The map's size for the acceptance gate: its camera spread, or where the cameras barely
+        move (a camera turning on the spot) the median distance of its points from them."""
+        if not len(self.points):
+            return self.camera_spread
+        depth = float(np.median(np.linalg.norm(self.points - self._centres.mean(axis=0), axis=1)))
+        return max(self.camera_spread, depth)
+
     def image_slice(self, i: int) -> slice:
         return slice(int(self.kp_offsets[i]), int(self.kp_offsets[i + 1]))
 
@@ -334,14 +343,14 @@ class RefineConfig:
     min_inliers: int = 20
     min_inlier_ratio: float = 0.0  # inliers / correspondences below this: refused
     # The refined pose within this of the coarse one: max_shift_m (map units) where set, else
-    # max_shift_frac of the map's camera spread (0.91 m for make demo's map, whose cameras span
-    # 6.05 m; a label-sfm map has no metres, and on a 100 m street the coarse poses are metres off).
+    # max_shift_frac of the map's scale (SceneMap.scale: 0.91 m for make demo's map, whose cameras
+    # span 6.05 m; a label-sfm map has no metres, and on a 100 m street the coarse poses are metres off).
     max_shift_m: float | None = None
     max_shift_frac: float = 0.15
     max_shift_deg: float = 15.0
 
     def shift_limit(self, scene_map: SceneMap) -> float:
-        return self.max_shift_m if self.max_shift_m is not None else self.max_shift_frac * scene_map.camera_spread
+        return self.max_shift_m if self.max_shift_m is not None else self.max_shift_frac * scene_map.scale
 
 
 @dataclass(frozen=True)
@@ -559,7 +568,7 @@ def refine_pose(
         )
     limit = cfg.shift_limit(scene_map)
     if shift_m > limit or shift_deg > cfg.max_shift_deg:
-        how = "" if cfg.max_shift_m is not None else f" = {cfg.max_shift_frac:g} x the map's camera spread"
+        how = "" if cfg.max_shift_m is not None else f" = {cfg.max_shift_frac:g} x the map's scale"
         reason = (
             f"refined pose is {shift_m:.3g} (map units) / {shift_deg:.1f} deg from the coarse one "
             f"(limits {limit:.3g}{how} / {cfg.max_shift_deg:g} deg)"

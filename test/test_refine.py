@@ -137,6 +137,12 @@ def test_the_shift_gate_follows_the_maps_scale(scene: dict) -> None:
     scaled = replace(metric, poses=poses, points=metric.points * 10)
     assert scaled.camera_spread == pytest.approx(10 * metric.camera_spread, rel=1e-12)
     assert 3.0 < metric.camera_spread < 8.0  # two walks in the demo room's walk box
+    assert metric.scale == metric.camera_spread and scaled.scale == pytest.approx(10 * metric.scale)
+    # A camera that only turns on the spot has no spread; its points' distance gives the scale.
+    still = poses.copy()
+    still[:, :3] = still[0, :3]
+    turning = replace(scaled, poses=still)
+    assert turning.camera_spread == 0.0 and turning.scale > 10.0
     r = scene["tests"][2]
     gt = r.pose()
     gt10 = Pose(10 * gt.position, gt.quaternion)
@@ -149,7 +155,7 @@ def test_the_shift_gate_follows_the_maps_scale(scene: dict) -> None:
     assert not absolute.refined and absolute.reason.startswith("refined pose is"), absolute.reason
     assert "limits 1 /" in absolute.reason
     tight = refine_pose(image, intr, coarse, scaled, RefineConfig(max_shift_frac=0.01))
-    assert not tight.refined and "0.01 x the map's camera spread" in tight.reason, tight.reason
+    assert not tight.refined and "0.01 x the map's scale" in tight.reason, tight.reason
 
 
 def test_map_of_another_scene_is_not_refined(scene: dict) -> None:
