@@ -418,6 +418,12 @@ def main(args: list[str] | None = None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # rclpy's signal handler shuts the context down from another thread; an executor building
+        # its wait set at that moment raises RCLError "context is not valid" (ros2/rclpy#398,
+        # ros2/ros2cli#854). That is a Ctrl-C, not a failure; anything else still is.
+        if node.context.ok():
+            raise
     finally:
         # A second Ctrl-C during clean-up must not print a traceback either.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

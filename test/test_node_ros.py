@@ -751,3 +751,31 @@ def test_camera_info_gives_refinement_its_intrinsics_and_the_field_of_view_check
     assert "narrower" not in values.get("field_of_view", "")
     assert_clean_exit(node, signal.SIGINT)
     assert "check the camera_info_topic remapping" in node.output
+
+
+def test_a_ctrl_c_racing_the_executor_is_a_clean_exit(
+    bed: RosTestbed, tiny_file: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rclpy's signal handler shuts the context down from another thread; an executor building its
+    wait set at that moment raises RCLError "context is not valid" (ros2/rclpy#398). The node's
+    main() exits 0 then, as after any Ctrl-C, and still raises a failure while the context is valid."""
+    import rclpy
+
+    from posenet_ros import node as node_module
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(bed.domain_id))
+    args = ["relocalize_node", "--ros-args", "-p", f"model_path:={tiny_file[0]}"]
+
+    def racing_spin(node: Any) -> None:
+        rclpy.shutdown(context=node.context)  # what the signal handler does, mid-spin
+        raise RuntimeError("failed to initialize wait set: the given context is not valid")
+
+    monkeypatch.setattr(rclpy, "spin", racing_spin)
+    assert node_module.main(args) == 0
+
+    def failing_spin(node: Any) -> None:
+        raise RuntimeError("a real failure")
+
+    monkeypatch.setattr(rclpy, "spin", failing_spin)
+    with pytest.raises(RuntimeError, match="a real failure"):
+        node_module.main(args)
