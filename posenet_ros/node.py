@@ -134,8 +134,9 @@ class RelocalizerNode(Node):
         self.refine_gate = RefineGate()
         # The newest CameraInfo's camera (set by the subscription, applied by the worker: the engine
         # is only ever touched from the worker thread) and what was wrong with the last one.
-        self._camera_info: Camera | None = None
-        self._camera_info_frame = ""  # its header.frame_id: a camera's CameraInfo and images share it
+        # One attribute, (camera, header.frame_id), so the worker never pairs a camera with another
+        # message's frame: a camera's CameraInfo and its images share the frame_id.
+        self._camera_info: tuple[Camera, str] | None = None
         self._camera_info_problem = "" if s.camera_info_topic else "not subscribed (camera_info_topic empty)"
         self._camera_info_mismatch = ""  # set by the worker: the CameraInfo is another frame's
         if s.camera_info_topic:
@@ -204,15 +205,16 @@ class RelocalizerNode(Node):
                 self.get_logger().warning(f"ignoring CameraInfo: {why}")
             self._camera_info_problem = why
             return
-        if camera != self._camera_info:  # the same calibration at the camera's rate: keep the object
-            self._camera_info = camera
-        self._camera_info_frame = msg.header.frame_id
+        old = self._camera_info
+        if old is not None and old[0] == camera:  # the same calibration at the camera's rate: keep the object
+            camera = old[0]
+        self._camera_info = (camera, msg.header.frame_id)
         self._camera_info_problem = ""
 
     def _usable_camera_info(self, image_frame: str) -> Camera | None:
         """The newest CameraInfo's camera unless it names another frame than the images (a topic
         remapped to another camera's calibration): then none, with a warning once per pairing."""
-        camera, info_frame = self._camera_info, self._camera_info_frame
+        camera, info_frame = self._camera_info or (None, "")
         if camera is None or not info_frame or not image_frame or info_frame == image_frame:
             self._camera_info_mismatch = ""
             return camera

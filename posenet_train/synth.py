@@ -601,7 +601,7 @@ def render_benchmark(
     from posenet_train.datasets import DatasetCameras, write_cameras_json
 
     cfg.validate()
-    folders = list(folders or cfg.folders)  # ``folders``: only these (make demo renders test-clean)
+    folders = list(folders or cfg.folders)  # ``folders``: only these (make demo-model renders two)
     unknown = [f for f in folders if f not in cfg.folders]
     if unknown:
         raise ValueError(f"{cfg.name} has no folder {', '.join(unknown)}; its folders are {', '.join(cfg.folders)}")
